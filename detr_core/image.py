@@ -1,0 +1,180 @@
+"""Image loading and preprocessing, and the geometry that ties original pixels to feature cells.
+
+`load_image` turns untrusted bytes into an RGB `PIL.Image` (EXIF orientation applied, any mode
+converted) or raises `ImageError` with a message a person understands. `preprocess` resizes
+(shorter side `min_size`, longer side at most `max_size`, as the official evaluation) and
+normalizes with ImageNet statistics, and returns the exact `Geometry` of the pass.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+__all__ = ["Geometry", "PreparedImage", "load_image", "preprocess", "resized_size", "MAX_PIXELS"]
+
+MAX_PIXELS = 40_000_000  # larger images are refused before they are decoded (decompression bombs)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes of one pass, and exact maps between original pixels, input pixels and feature cells.
+
+    A feature cell (row, col) covers input pixels [row*stride, (row+1)*stride) x [col*stride, ...);
+    tokens are cells flattened row by row: token = row * feat_w + col.
+    """
+
+    orig_h: int
+    orig_w: int
+    input_h: int  # after resizing (the tensor the model sees)
+    input_w: int
+    feat_h: int  # feature map (h, w) = ceil(input / stride)
+    feat_w: int
+    stride: int
+
+    @property
+    def tokens(self) -> int:
+        return self.feat_h * self.feat_w
+
+    def to_input(self, x: float, y: float) -> tuple[float, float]:
+        """Original pixel coordinates -> resized input coordinates."""
+        return x * self.input_w / self.orig_w, y * self.input_h / self.orig_h
+
+    def to_original(self, x: float, y: float) -> tuple[float, float]:
+        return x * self.orig_w / self.input_w, y * self.orig_h / self.input_h
+
+    def pixel_to_cell(self, x: float, y: float) -> tuple[int, int]:
+        """A point in original-image pixels -> the (row, col) of the feature cell that holds it."""
+        xi, yi = self.to_input(x, y)
+        row = min(max(int(math.floor(yi / self.stride)), 0), self.feat_h - 1)
+        col = min(max(int(math.floor(xi / self.stride)), 0), self.feat_w - 1)
+        return row, col
+
+    def cell_box(self, row: int, col: int) -> tuple[float, float, float, float]:
+        """The part of the image a cell covers, as (x0, y0, x1, y1) in original pixels."""
+        x0, y0 = self.to_original(col * self.stride, row * self.stride)
+        x1, y1 = self.to_original(min((col + 1) * self.stride, self.input_w), min((row + 1) * self.stride, self.input_h))
+        return x0, y0, x1, y1
+
+    def cell_center(self, row: int, col: int) -> tuple[float, float]:
+        """The centre of the visible part of a cell, (x, y) in original pixels."""
+        x0, y0, x1, y1 = self.cell_box(row, col)
+        return (x0 + x1) / 2, (y0 + y1) / 2
+
+    def token(self, row: int, col: int) -> int:
+        return row * self.feat_w + col
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    tensor: torch.Tensor  # [1, 3, input_h, input_w], ImageNet-normalized float32
+    geometry: Geometry
+
+
+def _open(source: bytes | str | os.PathLike | Image.Image) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            source = Path(source).read_bytes()
+        except OSError as e:
+            raise ImageError(f"cannot read {source}: {e.strerror or e}") from None
+    if not isinstance(source, (bytes, bytearray, memoryview)):
+        raise ImageError(f"expected image bytes, a path or a PIL image, got {type(source).__name__}")
+    if len(source) == 0:
+        raise ImageError("the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(bytes(source)))
+    except UnidentifiedImageError:
+        raise ImageError("this file is not an image we can read (JPEG, PNG, WebP, GIF, BMP or TIFF)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"the image is too large: at most {MAX_PIXELS // 1_000_000} megapixels") from None
+    except Exception as e:  # PIL raises many types on malformed headers
+        raise ImageError(f"the image header is corrupt ({type(e).__name__}: {e})") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB; transparency composited on white, 16-bit and float scaled to 8 bits."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
+            arr = arr / 257.0  # 16-bit range -> 8-bit range
+        elif img.mode == "F":
+            lo, hi = float(arr.min(initial=0)), float(arr.max(initial=0))
+            arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(source: bytes | str | os.PathLike | Image.Image) -> Image.Image:
+    """Untrusted bytes (or a path, or a PIL image) -> an RGB image, upright as the camera saw it.
+
+    Raises `ImageError` for empty files, non-images, truncated or corrupt data, and images of more
+    than `MAX_PIXELS` pixels (checked from the header, before decoding).
+    """
+    img = _open(source)
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise ImageError(f"the image has no pixels ({w}x{h})")
+    if w * h > MAX_PIXELS:
+        raise ImageError(
+            f"the image is too large: {w}x{h} is {w * h / 1e6:.0f} megapixels, at most {MAX_PIXELS // 1_000_000} are accepted"
+        )
+    try:
+        img.seek(0)  # animated images: the first frame
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
+    except ImageError:
+        raise
+    except Exception as e:  # truncated/corrupt data surfaces as OSError, SyntaxError, ValueError, ...
+        raise ImageError(f"the image data is truncated or corrupt ({type(e).__name__}: {e})") from None
+
+
+def resized_size(w: int, h: int, min_size: int = 800, max_size: int | None = 1333) -> tuple[int, int]:
+    """(w, h) -> the (w, h) whose shorter side is `min_size`, unless the longer would pass `max_size`."""
+    size = min_size
+    short, long = min(w, h), max(w, h)
+    if max_size is not None and long / short * size > max_size:
+        size = int(round(max_size * short / long))
+    if w < h:
+        return size, int(size * h / w)
+    return int(size * w / h), size
+
+
+def preprocess(image: Image.Image, stride: int, min_size: int = 800, max_size: int | None = 1333) -> PreparedImage:
+    """An RGB image -> the normalized input tensor [1, 3, H, W] and the geometry of the pass."""
+    if image.mode != "RGB":
+        image = _to_rgb(image)
+    w, h = image.size
+    in_w, in_h = resized_size(w, h, min_size, max_size)
+    if min(in_w, in_h) < stride:
+        raise ImageError(
+            f"the image is too narrow: {w}x{h} would be resized to {in_w}x{in_h}, and its short side "
+            f"would be less than one feature cell ({stride} px). Crop it to a less extreme aspect ratio."
+        )
+    resized = image if (in_w, in_h) == (w, h) else image.resize((in_w, in_h), Image.BILINEAR)
+    x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)  # [3, H, W]
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    x = ((x - mean) / std).unsqueeze(0).contiguous()  # [1, 3, H, W]
+    geometry = Geometry(h, w, in_h, in_w, -(-in_h // stride), -(-in_w // stride), stride)
+    return PreparedImage(x, geometry)

@@ -1,0 +1,140 @@
+"""DETR's transformer: a post-norm encoder-decoder where position encodings are added to the
+queries and keys of every attention (never to the values).
+
+Token layout follows the official code: sequence first, [HW, B, C] for the image tokens (the
+feature map flattened row by row, token = row * w + col) and [Q, B, C] for the object queries.
+Attention is `nn.MultiheadAttention`, so the parameter names are those of the official checkpoints
+(`self_attn`, `multihead_attn`, `in_proj_weight`, ...) and the capture layer can hook it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["Transformer", "TransformerEncoderLayer", "TransformerDecoderLayer"]
+
+
+def _with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
+    return x if pos is None else x + pos
+
+
+class TransformerEncoderLayer(nn.Module):
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def forward(self, src: Tensor, pos: Tensor | None, key_padding_mask: Tensor | None = None) -> Tensor:
+        """src, pos [HW, B, C]; key_padding_mask [B, HW] -> [HW, B, C]."""
+        q = k = _with_pos(src, pos)
+        attended = self.self_attn(q, k, src, key_padding_mask=key_padding_mask, need_weights=False)[0]
+        src = self.norm1(src + self.dropout1(attended))
+        ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
+        return self.norm2(src + self.dropout2(ffn))
+
+
+class TransformerDecoderLayer(nn.Module):
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        pos: Tensor | None,
+        query_pos: Tensor | None,
+        memory_key_padding_mask: Tensor | None = None,
+    ) -> Tensor:
+        """tgt, query_pos [Q, B, C]; memory, pos [HW, B, C] -> [Q, B, C]."""
+        q = k = _with_pos(tgt, query_pos)
+        attended = self.self_attn(q, k, tgt, need_weights=False)[0]  # queries look at each other
+        tgt = self.norm1(tgt + self.dropout1(attended))
+        attended = self.multihead_attn(  # queries look at the image
+            _with_pos(tgt, query_pos),
+            _with_pos(memory, pos),
+            memory,
+            key_padding_mask=memory_key_padding_mask,
+            need_weights=False,
+        )[0]
+        tgt = self.norm2(tgt + self.dropout2(attended))
+        ffn = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
+        return self.norm3(tgt + self.dropout3(ffn))
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, layers: list[TransformerEncoderLayer]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, src: Tensor, pos: Tensor | None, key_padding_mask: Tensor | None = None) -> Tensor:
+        for layer in self.layers:
+            src = layer(src, pos, key_padding_mask)
+        return src  # post-norm: no final norm in the encoder
+
+
+class TransformerDecoder(nn.Module):
+    def __init__(self, layers: list[TransformerDecoderLayer], d_model: int):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor | None, query_pos: Tensor | None,
+                memory_key_padding_mask: Tensor | None = None) -> Tensor:
+        """Returns every layer's output after the final norm: [L, Q, B, C]."""
+        outputs = []
+        for layer in self.layers:
+            tgt = layer(tgt, memory, pos, query_pos, memory_key_padding_mask)
+            outputs.append(self.norm(tgt))
+        return torch.stack(outputs)
+
+
+class Transformer(nn.Module):
+    def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 6,
+                 num_decoder_layers: int = 6, dim_feedforward: int = 2048, dropout: float = 0.1):
+        super().__init__()
+        self.d_model = d_model
+        self.nhead = nhead
+        self.encoder = TransformerEncoder(
+            [TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout) for _ in range(num_encoder_layers)]
+        )
+        self.decoder = TransformerDecoder(
+            [TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout) for _ in range(num_decoder_layers)],
+            d_model,
+        )
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def forward(self, src: Tensor, query_embed: Tensor, pos: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """src, pos [B, C, h, w]; query_embed [Q, C]; mask [B, h, w] (True = padding).
+
+        Returns hs [L, B, Q, C] (each decoder layer, after the decoder norm) and memory [B, C, h, w].
+        """
+        B, C, h, w = src.shape
+        src = src.flatten(2).permute(2, 0, 1)  # [B, C, h, w] -> [HW, B, C]
+        pos = pos.flatten(2).permute(2, 0, 1)  # [HW, B, C]
+        query_pos = query_embed.unsqueeze(1).expand(-1, B, -1)  # [Q, B, C]
+        key_padding_mask = None if mask is None else mask.flatten(1)  # [B, HW]
+        tgt = torch.zeros_like(query_pos)  # the decoder starts from zeros
+        memory = self.encoder(src, pos, key_padding_mask)  # [HW, B, C]
+        hs = self.decoder(tgt, memory, pos, query_pos, key_padding_mask)  # [L, Q, B, C]
+        return hs.transpose(1, 2), memory.permute(1, 2, 0).reshape(B, C, h, w)

@@ -1,0 +1,131 @@
+"""The model zoo: every model the project knows, how to build it, and where its weights live.
+
+`build_model(name)` returns the named architecture with random weights (no download);
+`load_model(name)` returns it with its verified checkpoint loaded, in eval mode, on the best device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import DETRConfig, DETRDemoConfig, SmallBackboneConfig
+from .detr import build_detr
+from .detr_demo import DETRdemo
+from .errors import CheckpointError
+from .postprocess import COCO_CLASSES
+
+__all__ = ["CheckpointInfo", "ModelSpec", "MODELS", "build_model", "load_model", "default_device", "SHAPES_CLASSES"]
+
+_BASE_URL = "https://dl.fbaipublicfiles.com/detr/"
+BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
+SHAPES_CLASSES = ("ellipse", "rectangle", "triangle", "ring")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Where a checkpoint comes from and how to check and read it."""
+
+    filename: str  # torch.hub convention: "<name>-<first hex digits of its SHA-256>.pth"
+    url: str | None  # None for the bundled checkpoint
+    size_mb: float  # approximate download size
+    state_dict_key: str | None = "model"  # official checkpoints keep the weights under "model"
+    half: bool = False  # stored in float16 (detr_demo): loaded as float32
+
+    @property
+    def sha256_prefix(self) -> str:
+        return Path(self.filename).stem.rsplit("-", 1)[-1]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    title: str
+    config: DETRConfig | DETRDemoConfig
+    checkpoint: CheckpointInfo
+    box_ap: float | None  # COCO val5k box AP of the checkpoint (the official numbers)
+    class_names: tuple[str, ...] = COCO_CLASSES
+    min_size: int = 800  # preprocessing: shorter side
+    max_size: int = 1333  # preprocessing: longer side at most
+    bundled: bool = False  # shipped inside the package (no download)
+    notes: str = ""
+    builder: Callable[..., nn.Module] = field(default=build_detr, repr=False)
+
+
+def _official(name, title, cfg, filename, size_mb, ap) -> ModelSpec:
+    return ModelSpec(name, title, cfg, CheckpointInfo(filename, _BASE_URL + filename, size_mb), ap)
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        _official("detr_resnet50", "DETR R50", DETRConfig(), "detr-r50-e632da11.pth", 159, 42.0),
+        _official("detr_resnet50_dc5", "DETR R50-DC5", DETRConfig(dilation=True), "detr-r50-dc5-f0fb7ef5.pth", 159, 43.3),
+        _official("detr_resnet101", "DETR R101", DETRConfig(backbone="resnet101"), "detr-r101-2c7b67e5.pth", 232, 43.5),
+        _official(
+            "detr_resnet101_dc5", "DETR R101-DC5", DETRConfig(backbone="resnet101", dilation=True),
+            "detr-r101-dc5-a2e86def.pth", 232, 44.9,
+        ),
+        ModelSpec(
+            "detr_demo", "DETRdemo (paper appendix)", DETRDemoConfig(),
+            CheckpointInfo("detr_demo-da2a99e9.pth", _BASE_URL + "detr_demo-da2a99e9.pth", 79, state_dict_key=None, half=True),
+            None, builder=DETRdemo, notes="The paper's minimal listing; learned positions limit it to 50x50 feature cells.",
+        ),
+        ModelSpec(
+            "detr_shapes", "DETR shapes (bundled, trained by this project)",
+            DETRConfig(
+                backbone="small", small_backbone=SmallBackboneConfig(), hidden_dim=128, nheads=8, enc_layers=3,
+                dec_layers=3, dim_feedforward=512, dropout=0.0, num_queries=20, num_classes=len(SHAPES_CLASSES),
+            ),
+            CheckpointInfo("detr_shapes-00000000.pth", None, 4.3),
+            None, class_names=SHAPES_CLASSES, min_size=128, max_size=1333, bundled=True,
+            notes="Trained on synthetic scenes of shapes; see detr_core/weights/MODEL_CARD.md.",
+        ),
+    )  # fmt: skip
+}
+
+
+def _spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise CheckpointError(f"unknown model {name!r}; known models: {', '.join(MODELS)}") from None
+
+
+def build_model(name: str) -> nn.Module:
+    """The named model with random weights (no download), in train mode like any fresh nn.Module."""
+    spec = _spec(name)
+    return spec.builder(spec.config)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(
+    name: str,
+    checkpoint: str | Path | None = None,
+    device: str | torch.device | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> nn.Module:
+    """The named model with its checkpoint loaded (strict), in eval mode, frozen, on `device`.
+
+    The checkpoint is found by `weights.resolve_checkpoint` (an explicit file, $DETR_WEIGHTS_DIR,
+    the torch hub cache, the bundled folder, then a verified download reporting to `progress`).
+    """
+    from .weights import read_state_dict, resolve_checkpoint
+
+    spec = _spec(name)
+    path = resolve_checkpoint(spec.checkpoint, path=checkpoint, progress=progress)
+    model = build_model(name)
+    state_dict = read_state_dict(path, spec.checkpoint)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path.name} does not fit {name}: {e}") from None
+    model.requires_grad_(False)
+    return model.eval().to(device or default_device())
