@@ -1,0 +1,93 @@
+"""Pictures for display and export (numpy/Pillow only): maps upsampled to the photo, blended with a
+colormap into an RGB overlay, and boxes with "class: score" labels in the notebook's colours."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+from .image import Geometry
+from .postprocess import COLORS, Detection
+
+__all__ = ["colormap", "upsample", "overlay", "draw_boxes", "draw_cell", "heatmap", "color_of"]
+
+# Anchor colours of the perceptually uniform "viridis" colormap, from 0 to 1.
+_VIRIDIS = np.array(
+    [
+        [68, 1, 84], [72, 36, 117], [65, 68, 135], [53, 95, 141], [42, 120, 142], [33, 145, 140],
+        [34, 168, 132], [68, 191, 112], [122, 209, 81], [189, 223, 38], [253, 231, 37],
+    ],
+    dtype=np.float64,
+)  # fmt: skip
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (any shape) -> uint8 RGB (shape + (3,)) on the viridis scale."""
+    v = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * (len(_VIRIDIS) - 1)
+    lo = np.floor(v).astype(int).clip(0, len(_VIRIDIS) - 2)
+    t = (v - lo)[..., None]
+    return np.rint(_VIRIDIS[lo] * (1 - t) + _VIRIDIS[lo + 1] * t).astype(np.uint8)
+
+
+def _normalize(m: np.ndarray) -> np.ndarray:
+    lo, hi = float(m.min()), float(m.max())
+    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+
+
+def upsample(attention: Tensor | np.ndarray, geometry: Geometry, smooth: bool = True) -> np.ndarray:
+    """An [h, w] map over the feature cells -> [orig_h, orig_w] float32, each cell over the pixels it covers."""
+    g = geometry
+    m = np.asarray(attention, dtype=np.float32)
+    img = Image.fromarray(m, mode="F").resize((g.feat_w * g.stride, g.feat_h * g.stride),
+                                              Image.BILINEAR if smooth else Image.NEAREST)  # input px
+    img = img.crop((0, 0, g.input_w, g.input_h)).resize((g.orig_w, g.orig_h), Image.BILINEAR if smooth else Image.NEAREST)
+    return np.asarray(img, dtype=np.float32)
+
+
+def heatmap(attention: Tensor | np.ndarray, geometry: Geometry | None = None) -> Image.Image:
+    """The map alone, min-max scaled and coloured; at the photo's size when `geometry` is given."""
+    m = upsample(attention, geometry, smooth=False) if geometry is not None else np.asarray(attention, np.float32)
+    return Image.fromarray(colormap(_normalize(m)), "RGB")
+
+
+def overlay(image: Image.Image, attention: Tensor | np.ndarray, geometry: Geometry, alpha: float = 0.55) -> Image.Image:
+    """The photo with the map blended on top (`alpha` = weight of the colours)."""
+    m = _normalize(upsample(attention, geometry))
+    colours = colormap(m).astype(np.float32)
+    photo = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return Image.fromarray(np.rint(photo * (1 - alpha) + colours * alpha).astype(np.uint8), "RGB")
+
+
+def color_of(index: int) -> tuple[int, int, int]:
+    """The notebook's colour cycle as 0-255 RGB."""
+    r, g, b = COLORS[index % len(COLORS)]
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def draw_boxes(image: Image.Image, detections: list[Detection], width: int | None = None) -> Image.Image:
+    """A copy of the photo with each detection's box and "class: score" label."""
+    out = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    width = width or max(2, round(min(out.size) / 200))
+    font = ImageFont.load_default(size=max(11, round(min(out.size) / 35)))
+    for i, det in enumerate(detections):
+        colour = color_of(i)
+        x0, y0, x1, y1 = det.box
+        draw.rectangle((x0, y0, x1, y1), outline=colour, width=width)
+        label = f"{det.class_name}: {det.score:.2f}"
+        tx0, ty0, tx1, ty1 = draw.textbbox((x0, y0), label, font=font)
+        ty = y0 - (ty1 - ty0) - 4 if y0 - (ty1 - ty0) - 4 >= 0 else y0
+        draw.rectangle((x0, ty, x0 + (tx1 - tx0) + 6, ty + (ty1 - ty0) + 4), fill=colour)
+        draw.text((x0 + 3, ty + 2 - (ty0 - y0)), label, fill=(255, 255, 255), font=font)
+    return out
+
+
+def draw_cell(image: Image.Image, geometry: Geometry, row: int, col: int, colour=(255, 64, 64)) -> Image.Image:
+    """A copy of the photo with one feature cell outlined (the clicked location)."""
+    out = image.convert("RGB").copy()
+    x0, y0 = geometry.to_original(col * geometry.stride, row * geometry.stride)
+    x1, y1 = geometry.to_original(min((col + 1) * geometry.stride, geometry.input_w),
+                                  min((row + 1) * geometry.stride, geometry.input_h))
+    ImageDraw.Draw(out).rectangle((x0, y0, x1, y1), outline=colour, width=max(2, round(min(out.size) / 250)))
+    return out
