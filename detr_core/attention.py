@@ -19,8 +19,19 @@ from .capture import Analysis
 from .errors import DETRError
 
 __all__ = [
-    "Direction", "Layer", "Head", "EncoderMap", "encoder_map", "encoder_attention", "rollout",
-    "rollout_vector", "decoder_map", "decoder_self_attention", "full_attention", "LOOKS", "LOOKED_AT",
+    "LOOKED_AT",
+    "LOOKS",
+    "Direction",
+    "EncoderMap",
+    "Head",
+    "Layer",
+    "decoder_map",
+    "decoder_self_attention",
+    "encoder_attention",
+    "encoder_map",
+    "full_attention",
+    "rollout",
+    "rollout_vector",
 ]  # fmt: skip
 
 Direction = Literal["looks", "looked_at"]

@@ -28,7 +28,7 @@ from .errors import DETRError
 from .image import Geometry, PreparedImage
 from .postprocess import COCO_CLASSES, Detection, postprocess
 
-__all__ = ["Analysis", "CaptureError", "capture", "attention_modules"]
+__all__ = ["Analysis", "CaptureError", "attention_modules", "capture"]
 
 _ACTIVE: contextvars.ContextVar[object | None] = contextvars.ContextVar("detr_capture_active", default=None)
 
@@ -108,7 +108,8 @@ def attention_modules(model: nn.Module) -> dict[str, list[nn.MultiheadAttention]
         found = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
         raise CaptureError(
             f"{type(model).__name__} has no encoder self-attention and decoder cross-attention that the capture "
-            f"layer recognises (nn.MultiheadAttention named '...encoder...self_attn' and '...decoder...multihead_attn'); "
+            "layer recognises (nn.MultiheadAttention named '...encoder...self_attn' and "
+            f"'...decoder...multihead_attn'); "
             f"found: {found or 'no nn.MultiheadAttention at all'}"
         )
     return roles
@@ -143,9 +144,13 @@ class _Recorder:
         self.dec_out: list[Tensor] = []
         self.feature_shape: tuple[int, ...] | None = None
 
-    def attention_hook(self, module: nn.MultiheadAttention, args: tuple, kwargs: dict, output) -> None:
+    def attention_hook(self, module: nn.MultiheadAttention, args: tuple, *kwargs_and_output) -> None:
+        # Another thread's capture (or none) is not ours to record. Checked first, before reading the
+        # arguments: while another thread registers a with_kwargs hook, torch can briefly call it
+        # without kwargs (the hook is in `_forward_hooks` before `_forward_hooks_with_kwargs`).
         if _ACTIVE.get() is not self:
-            return  # another thread's (or no) capture: not ours to record
+            return
+        kwargs = kwargs_and_output[0] if len(kwargs_and_output) == 2 else {}
         query = args[0] if len(args) > 0 else kwargs["query"]
         key = args[1] if len(args) > 1 else kwargs["key"]
         mask = kwargs.get("key_padding_mask", args[3] if len(args) > 3 else None)

@@ -43,9 +43,10 @@ class _ExplicitAttention:
             return output.detach().requires_grad_(True)  # the graph starts at the transformer's input
         return None
 
-    def attention_hook(self, module: nn.MultiheadAttention, args: tuple, kwargs: dict, output):
-        if _ACTIVE.get() is not self:
+    def attention_hook(self, module: nn.MultiheadAttention, args: tuple, *kwargs_and_output):
+        if _ACTIVE.get() is not self:  # not ours (see capture._Recorder.attention_hook)
             return None
+        kwargs = kwargs_and_output[0] if len(kwargs_and_output) == 2 else {}
         query = args[0] if len(args) > 0 else kwargs["query"]
         key = args[1] if len(args) > 1 else kwargs["key"]
         value = args[2] if len(args) > 2 else kwargs["value"]

@@ -10,7 +10,7 @@ from torch import Tensor
 from .image import Geometry
 from .postprocess import COLORS, Detection
 
-__all__ = ["colormap", "upsample", "overlay", "draw_boxes", "draw_cell", "heatmap", "color_of"]
+__all__ = ["color_of", "colormap", "draw_boxes", "draw_cell", "heatmap", "overlay", "upsample"]
 
 # Anchor colours of the perceptually uniform "viridis" colormap, from 0 to 1.
 _VIRIDIS = np.array(
@@ -39,9 +39,9 @@ def upsample(attention: Tensor | np.ndarray, geometry: Geometry, smooth: bool = 
     """An [h, w] map over the feature cells -> [orig_h, orig_w] float32, each cell over the pixels it covers."""
     g = geometry
     m = np.asarray(attention, dtype=np.float32)
-    img = Image.fromarray(m, mode="F").resize((g.feat_w * g.stride, g.feat_h * g.stride),
-                                              Image.BILINEAR if smooth else Image.NEAREST)  # input px
-    img = img.crop((0, 0, g.input_w, g.input_h)).resize((g.orig_w, g.orig_h), Image.BILINEAR if smooth else Image.NEAREST)
+    resample = Image.BILINEAR if smooth else Image.NEAREST
+    img = Image.fromarray(m, mode="F").resize((g.feat_w * g.stride, g.feat_h * g.stride), resample)  # input px
+    img = img.crop((0, 0, g.input_w, g.input_h)).resize((g.orig_w, g.orig_h), resample)  # original px
     return np.asarray(img, dtype=np.float32)
 
 

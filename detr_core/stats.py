@@ -20,8 +20,14 @@ from .image import Geometry
 from .postprocess import Detection
 
 __all__ = [
-    "normalized_entropy", "box_share", "cell_overlap", "cell_centers", "mean_attention_distance",
-    "encoder_entropy", "DetectionStats", "detection_stats",
+    "DetectionStats",
+    "box_share",
+    "cell_centers",
+    "cell_overlap",
+    "detection_stats",
+    "encoder_entropy",
+    "mean_attention_distance",
+    "normalized_entropy",
 ]  # fmt: skip
 
 

@@ -1,0 +1,155 @@
+"""Attention analyses on hand-made numbers: directions, layers, heads, rollout, statistics, relevance."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from detr_core.attention import LOOKED_AT, LOOKS, decoder_map, encoder_map, rollout, rollout_vector
+from detr_core.capture import Analysis, capture
+from detr_core.image import Geometry, preprocess
+from detr_core.relevance import relevance
+from detr_core.stats import box_share, mean_attention_distance, normalized_entropy
+from detr_core.synthetic import make_scene
+
+
+def _analysis_from_logits(enc_logits: torch.Tensor, geometry: Geometry, cross_logits: torch.Tensor | None = None):
+    """An Analysis whose attention is softmax(logits) exactly: q = logits rows, k = identity.
+
+    enc_logits [L, nh, N, N]; cross_logits [L, nh, Q, N].
+    """
+    L, nh, n, _ = enc_logits.shape
+    eye = torch.eye(n).expand(L, nh, n, n)
+    if cross_logits is None:
+        cross_logits = torch.zeros(L, nh, 2, n)
+    Ld, q = cross_logits.shape[0], cross_logits.shape[2]
+    return Analysis(
+        geometry=geometry, feature_shape=(1, 8, geometry.feat_h, geometry.feat_w), nheads=nh,
+        enc_q=enc_logits.clone(), enc_k=eye.clone(), enc_lse=enc_logits.logsumexp(-1),
+        dec_self=torch.full((Ld, nh, q, q), 1 / q), cross_q=cross_logits.clone(),
+        cross_k=torch.eye(n).expand(Ld, nh, n, n).clone(), cross_lse=cross_logits.logsumexp(-1),
+        pred_logits=torch.zeros(Ld, q, 3), pred_boxes=torch.zeros(Ld, q, 4),
+    )  # fmt: skip
+
+
+G23 = Geometry(orig_h=60, orig_w=90, input_h=64, input_w=96, feat_h=2, feat_w=3, stride=32)
+
+
+def test_rows_and_columns_point_the_right_way():
+    # 6 tokens; token 4 = (row 1, col 1). Each token looks almost only at token (i + 1) % 6.
+    n = 6
+    logits = torch.full((1, 1, n, n), -30.0)
+    for i in range(n):
+        logits[0, 0, i, (i + 1) % n] = 30.0
+    a = _analysis_from_logits(logits, G23)
+    x, y = G23.cell_center(1, 1)
+    looks = encoder_map(a, x, y, layer=0, direction=LOOKS)
+    looked_at = encoder_map(a, x, y, layer=0, direction=LOOKED_AT)
+    assert (looks.row, looks.col, looks.token) == (1, 1, 4)
+    assert looks.map.shape == (2, 3)
+    assert looks.map[1, 2] == pytest.approx(1.0)  # 4 looks at 5 = (1, 2)
+    assert looked_at.map[1, 0] == pytest.approx(1.0)  # 3 = (1, 0) looks at 4
+    assert looks.map.sum() == pytest.approx(1.0)
+    assert (looks.tokens, looks.view_shape, looks.stride) == (6, (2, 3, 2, 3), 32)
+
+
+def test_heads_layers_and_means():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 2, 6, 6) * 3
+    a = _analysis_from_logits(logits, G23)
+    probs = logits.softmax(-1)  # [L, nh, N, N]
+    x, y = G23.cell_center(0, 2)  # token 2
+    torch.testing.assert_close(encoder_map(a, x, y, layer=1, head=1).map.flatten(), probs[1, 1, 2])
+    torch.testing.assert_close(encoder_map(a, x, y, layer=-1).map.flatten(), probs[2, :, 2].mean(0))
+    torch.testing.assert_close(encoder_map(a, x, y, layer="mean").map.flatten(), probs[:, :, 2].mean((0, 1)))
+    torch.testing.assert_close(encoder_map(a, x, y, layer=0, direction=LOOKED_AT).map.flatten(),
+                               probs[0, :, :, 2].mean(0))
+
+
+def test_rollout_on_a_hand_made_example():
+    a1 = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # swap
+    a2 = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    r = rollout(torch.stack([a1, a2]))
+    m1 = torch.tensor([[0.5, 0.5], [0.5, 0.5]])  # 0.5*a1 + 0.5*I
+    m2 = torch.tensor([[1.0, 0.0], [0.25, 0.75]])  # 0.5*a2 + 0.5*I
+    torch.testing.assert_close(r, m2 @ m1)
+    torch.testing.assert_close(r, torch.tensor([[0.5, 0.5], [0.5, 0.5]]))
+    torch.testing.assert_close(r.sum(-1), torch.ones(2))
+
+
+def test_rollout_vector_equals_the_full_rollout():
+    torch.manual_seed(1)
+    logits = torch.randn(3, 2, 6, 6) * 2
+    a = _analysis_from_logits(logits, G23)
+    full = rollout(logits.softmax(-1).mean(1))
+    for token in range(6):
+        torch.testing.assert_close(rollout_vector(a, token, LOOKS), full[token])
+        torch.testing.assert_close(rollout_vector(a, token, LOOKED_AT), full[:, token])
+    x, y = G23.cell_center(1, 2)
+    torch.testing.assert_close(encoder_map(a, x, y, layer="rollout").map.flatten(), full[5])
+
+
+def test_decoder_map_of_each_query():
+    cross = torch.full((2, 1, 2, 6), -30.0)
+    cross[:, 0, 0, 1] = 30.0  # query 0 looks at (0, 1)
+    cross[:, 0, 1, 5] = 30.0  # query 1 looks at (1, 2)
+    a = _analysis_from_logits(torch.zeros(1, 1, 6, 6), G23, cross)
+    assert decoder_map(a, 0)[0, 1] == pytest.approx(1.0)
+    assert decoder_map(a, 1, layer=0)[1, 2] == pytest.approx(1.0)
+    assert decoder_map(a, 1, layer="mean").shape == (2, 3)
+
+
+@pytest.mark.parametrize("stride", [16, 32])
+@pytest.mark.parametrize("size", [(37, 53), (480, 640), (800, 1066), (333, 1000), (1000, 333), (799, 800)])
+def test_clicks_map_to_the_cell_under_the_pixel(stride, size):
+    h, w = size
+    g = preprocess(make_scene(0, 16)[0].resize((w, h)), stride, min_size=800).geometry
+    for row in range(0, g.feat_h, max(1, g.feat_h // 5)):
+        for col in range(0, g.feat_w, max(1, g.feat_w // 5)):
+            x0, y0, x1, y1 = g.cell_box(row, col)
+            for x, y in [((x0 + x1) / 2, (y0 + y1) / 2), (x0 + 1e-3, y0 + 1e-3), (x1 - 1e-3, y1 - 1e-3)]:
+                assert g.pixel_to_cell(x, y) == (row, col)
+    n = g.feat_h * g.feat_w
+    a = _analysis_from_logits(torch.eye(n)[None, None] * 40, g)  # each location looks at itself
+    for row, col in [(0, 0), (g.feat_h - 1, g.feat_w - 1), (g.feat_h // 2, g.feat_w // 3)]:
+        m = encoder_map(a, *g.cell_center(row, col), layer=0)
+        assert (m.row, m.col) == (row, col)
+        assert divmod(int(m.map.argmax()), g.feat_w) == (row, col)
+
+
+def test_statistics_on_hand_made_maps():
+    g = Geometry(orig_h=64, orig_w=96, input_h=64, input_w=96, feat_h=2, feat_w=3, stride=32)
+    uniform = torch.ones(2, 3)
+    assert normalized_entropy(uniform) == pytest.approx(1.0)
+    one_cell = torch.zeros(2, 3)
+    one_cell[1, 1] = 1
+    assert normalized_entropy(one_cell) == pytest.approx(0.0)
+    two = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    assert normalized_entropy(two) == pytest.approx(math.log(2) / math.log(6))
+    share, chance = box_share(one_cell, g, (32, 32, 64, 64))  # exactly cell (1, 1)
+    assert (share, chance) == (pytest.approx(1.0), pytest.approx(1 / 6))
+    share, chance = box_share(uniform, g, (0, 0, 48, 32))  # cell (0, 0) and half of (0, 1)
+    assert share == pytest.approx(chance) == pytest.approx(1.5 / 6)
+    # distance: every location looks only at itself -> 0; only at its right/left neighbour -> 32 px
+    self_looking = _analysis_from_logits(torch.eye(6)[None, None] * 40, g)
+    assert mean_attention_distance(self_looking, 0) == pytest.approx(0.0, abs=1e-6)
+    neighbour = torch.full((1, 1, 6, 6), -40.0)
+    for i, j in [(0, 1), (1, 2), (2, 1), (3, 4), (4, 5), (5, 4)]:
+        neighbour[0, 0, i, j] = 40.0
+    assert mean_attention_distance(_analysis_from_logits(neighbour, g), 0) == pytest.approx(32.0, rel=1e-4)
+
+
+def test_relevance_is_finite_non_negative_and_per_query(zoo_model):
+    model = zoo_model("detr_shapes")
+    prepared = preprocess(make_scene(3, 128)[0], model.stride, 128, 128)
+    maps = [relevance(model, prepared, q) for q in (0, 5)]
+    g = prepared.geometry
+    for m in maps:
+        assert m.shape == (g.feat_h, g.feat_w)
+        assert torch.isfinite(m).all() and (m >= 0).all() and m.sum() > 0
+    assert not torch.allclose(maps[0], maps[1])
+    assert all(p.grad is None for p in model.parameters())
+    a = capture(model, prepared)  # the model is left as it was
+    assert a.pred_logits.shape[1] == 20
