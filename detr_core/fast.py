@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["fold_batchnorm", "optimize_for_inference"]
+__all__ = ["fast_dtype", "fold_batchnorm", "optimize_for_inference"]
 
 
 def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,3 +72,15 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True) -> nn.M
     if channels_last:
         fast.backbone.to(memory_format=torch.channels_last)
     return fast
+
+
+def fast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The reduced precision of the optional fast mode on `device`, or None where it is not faster:
+    float16 on a GPU, bfloat16 on a CPU with native bfloat16 support (AVX-512 BF16 / AMX). On other
+    CPUs bfloat16 is emulated and slower than float32, so the fast mode is not offered there."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return None

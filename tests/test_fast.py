@@ -1,0 +1,64 @@
+"""Speed-ups keep the results: folded batch norm is exact; the reduced-precision fast mode finds the
+same detections above the threshold as float32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from detr_core import load_image, load_model
+from detr_core.capture import capture
+from detr_core.fast import fast_dtype, fold_batchnorm, optimize_for_inference
+from detr_core.image import preprocess
+from detr_core.synthetic import make_scene
+from detr_core.zoo import MODELS
+
+
+@pytest.mark.parametrize("name", ["detr_resnet50", "detr_resnet50_dc5", "detr_demo", "detr_shapes"])
+def test_folding_is_exact(name):
+    torch.manual_seed(0)
+    model = MODELS[name].builder(MODELS[name].config).eval()
+    with torch.no_grad():  # give the batch norms non-trivial statistics, as a trained checkpoint has
+        for m in model.modules():
+            if hasattr(m, "running_var") and m.running_var is not None:
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    fast = optimize_for_inference(model)
+    assert not any("BatchNorm" in type(m).__name__ for m in fast.backbone.modules())
+    assert any("BatchNorm" in type(m).__name__ for m in model.backbone.modules())  # the original is untouched
+    x = torch.randn(1, 3, 96, 128)
+    with torch.inference_mode():
+        want, got = model(x), fast(x)
+    torch.testing.assert_close(got["pred_logits"], want["pred_logits"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got["pred_boxes"], want["pred_boxes"], atol=1e-5, rtol=1e-4)
+
+
+def test_nothing_to_fold_is_zero():
+    assert fold_batchnorm(torch.nn.Sequential(torch.nn.Linear(2, 2))) == 0
+
+
+def test_fast_dtype_is_none_or_reduced_precision():
+    assert fast_dtype("cpu") in (None, torch.bfloat16)
+    assert fast_dtype("cuda") == torch.float16
+
+
+def test_fast_mode_finds_the_same_detections(samples_dir):
+    """bfloat16 autocast (emulated where the CPU lacks it: slower, but the numbers are the same kind)
+    against float32, with the project's own model, on held-out scenes and the sample photos."""
+    spec = MODELS["detr_shapes"]
+    model = optimize_for_inference(load_model("detr_shapes", device="cpu"))
+    images = [make_scene(20_000_000 + i, 256)[0] for i in range(12)]
+    images += [load_image(p) for p in sorted(samples_dir.glob("*.*")) if p.suffix in (".png", ".jpg")]
+    threshold = getattr(spec, "default_threshold", 0.9)
+    compared = 0
+    for image in images:
+        prepared = preprocess(image, model.stride, spec.min_size, spec.max_size)
+        exact = capture(model, prepared, spec.class_names).detections(threshold)
+        fast = capture(model, prepared, spec.class_names, autocast_dtype=torch.bfloat16).detections(threshold)
+        assert [(d.query, d.class_id) for d in fast] == [(d.query, d.class_id) for d in exact]
+        for a, b in zip(fast, exact):
+            assert a.box == pytest.approx(b.box, abs=0.03 * max(image.size))
+        compared += len(exact)
+    assert compared >= 12  # the scenes really have objects to agree on
