@@ -66,10 +66,11 @@ def postprocess(
     The score is the softmax probability with "no object" (the last class) dropped, as in the
     official notebook; boxes are scaled to the *original* image.
     """
-    probs = logits.float().softmax(-1)[:, :-1]  # [Q, K]
+    logits, boxes = logits.detach().float().cpu(), boxes.detach().float().cpu()  # the model may run on a GPU
+    probs = logits.softmax(-1)[:, :-1]  # [Q, K]
     scores, labels = probs.max(-1)  # [Q], [Q]
     scale = torch.tensor([geometry.orig_w, geometry.orig_h, geometry.orig_w, geometry.orig_h], dtype=torch.float32)
-    xyxy = box_cxcywh_to_xyxy(boxes.float()) * scale  # [Q, 4] original pixels
+    xyxy = box_cxcywh_to_xyxy(boxes) * scale  # [Q, 4] original pixels
     keep = torch.nonzero(scores > threshold).flatten().tolist()
     keep.sort(key=lambda q: -float(scores[q]))
     return [

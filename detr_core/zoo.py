@@ -117,15 +117,13 @@ def load_model(
     The checkpoint is found by `weights.resolve_checkpoint` (an explicit file, $DETR_WEIGHTS_DIR,
     the torch hub cache, the bundled folder, then a verified download reporting to `progress`).
     """
-    from .weights import read_state_dict, resolve_checkpoint
+    from .weights import check_state_dict, read_state_dict, resolve_checkpoint
 
     spec = _spec(name)
     path = resolve_checkpoint(spec.checkpoint, path=checkpoint, progress=progress)
-    model = build_model(name)
     state_dict = read_state_dict(path, spec.checkpoint)
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path.name} does not fit {name}: {e}") from None
+    model = build_model(name)
+    check_state_dict(model, state_dict, source=f"{path.name} (checkpoint for {name})")
+    model.load_state_dict(state_dict, strict=True)
     model.requires_grad_(False)
     return model.eval().to(device or default_device())

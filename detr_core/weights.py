@@ -1,0 +1,353 @@
+"""Checkpoints: find them, download them once, verify them, and read them without running code.
+
+Where a checkpoint is looked for, in order (`resolve_checkpoint`):
+
+1. an explicit file passed by the caller;
+2. ``$DETR_WEIGHTS_DIR/<filename>`` (a folder of checkpoints copied by hand, e.g. on an offline machine);
+3. the torch hub cache, ``<torch.hub.get_dir()>/checkpoints/<filename>`` (so a checkpoint that
+   ``torch.hub`` downloaded before is reused, and ours are reused by ``torch.hub``);
+4. the package's bundled folder (`zoo.BUNDLED_DIR`, the project's own small model);
+5. a download from the checkpoint's URL into the torch hub cache.
+
+Verification follows torch.hub's ``check_hash`` convention: the hex digits after the last ``-`` of
+the file name are the first digits of the file's SHA-256, and a file whose hash does not match is
+refused before it is read. The one exception is an explicit file whose name differs from the
+registry's: that is the user's own checkpoint (a fine-tuned model, say), which has no known hash;
+it is still read safely (``weights_only``) and must still fit the model key by key.
+
+Downloads are streamed into a temporary file next to the destination, hashed, then renamed into
+place (``os.replace``), so an interrupted or corrupt download never leaves a file under the final
+name. Threads and processes that ask for the same checkpoint at once download it once: they queue
+on a per-file lock (a ``threading.Lock`` and an ``flock`` on ``<dest>.lock``, which stays behind as
+an empty file) and find the finished file when their turn comes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import pickle
+import re
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from . import zoo
+from .errors import CheckpointError
+from .zoo import CheckpointInfo, ModelSpec
+
+try:  # POSIX: a lock that also holds between processes
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: threads are still serialized
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "DOWNLOAD_TIMEOUT_S",
+    "WEIGHTS_DIR_ENV",
+    "check_state_dict",
+    "checkpoint_status",
+    "download_checkpoint",
+    "file_sha256",
+    "hub_checkpoint_dir",
+    "local_checkpoint",
+    "read_state_dict",
+    "resolve_checkpoint",
+    "verify_checkpoint",
+]
+
+WEIGHTS_DIR_ENV = "DETR_WEIGHTS_DIR"
+DOWNLOAD_TIMEOUT_S = 30.0  # seconds without progress (connect or read) before a download fails
+_CHUNK = 1 << 20  # 1 MiB: download and hashing block size
+_LIST_AT_MOST = 5  # names listed per kind of mismatch in error messages
+
+ProgressFn = Callable[[int, int], None]  # (bytes done, bytes in total; 0 when the server does not say)
+
+_hash_cache: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> SHA-256 hex digest
+_file_locks: dict[str, threading.Lock] = {}
+_file_locks_guard = threading.Lock()
+
+
+# ----------------------------------------------------------------------------------------------
+# Where checkpoints live
+
+
+def hub_checkpoint_dir() -> Path:
+    """The torch hub cache folder for checkpoints (``$TORCH_HOME/hub/checkpoints`` by default)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _local_candidates(info: CheckpointInfo) -> list[Path]:
+    """The places a checkpoint may already be, in the order they are tried."""
+    places = []
+    weights_dir = os.environ.get(WEIGHTS_DIR_ENV)
+    if weights_dir:
+        places.append(Path(weights_dir).expanduser() / info.filename)
+    places.append(hub_checkpoint_dir() / info.filename)
+    places.append(Path(zoo.BUNDLED_DIR) / info.filename)
+    return places
+
+
+def local_checkpoint(info: CheckpointInfo) -> Path | None:
+    """The first local copy of a checkpoint ($DETR_WEIGHTS_DIR, hub cache, bundled), unverified; or None."""
+    return next((p for p in _local_candidates(info) if p.is_file()), None)
+
+
+def checkpoint_status(spec: ModelSpec | str) -> Literal["available", "downloadable", "missing"]:
+    """Whether a model's checkpoint can be loaded now (for a model picker); cheap: nothing is hashed.
+
+    "available": a copy is on this machine; "downloadable": not here, but it has a URL;
+    "missing": neither (e.g. the bundled model before it is trained).
+    """
+    if isinstance(spec, str):
+        spec = zoo._spec(spec)
+    if local_checkpoint(spec.checkpoint) is not None:
+        return "available"
+    return "downloadable" if spec.checkpoint.url else "missing"
+
+
+def _where_to_put_it(info: CheckpointInfo) -> str:
+    return (
+        f"To install it by hand, put {info.filename} in {hub_checkpoint_dir()}, "
+        f"or in a folder of your choice named by the environment variable {WEIGHTS_DIR_ENV}."
+    )
+
+
+def resolve_checkpoint(
+    info: CheckpointInfo, path: str | os.PathLike | None = None, progress: ProgressFn | None = None
+) -> Path:
+    """The path of a verified checkpoint file, downloading it (once) if it is nowhere on this machine.
+
+    Args:
+        info: the registry's description of the checkpoint (file name, URL, expected hash).
+        path: an explicit file to use instead of searching. If its name is the registry's file name,
+            its hash is checked; any other name is taken as the user's own checkpoint (not hashed).
+        progress: called as ``progress(done_bytes, total_bytes)`` while downloading.
+
+    Raises:
+        CheckpointError: the file is missing, fails verification, or cannot be downloaded.
+    """
+    if path is not None:
+        explicit = Path(path).expanduser()
+        if not explicit.is_file():
+            raise CheckpointError(f"checkpoint file not found: {explicit}")
+        if explicit.name == info.filename:
+            verify_checkpoint(explicit, info)
+        return explicit
+
+    found = local_checkpoint(info)
+    if found is not None:
+        verify_checkpoint(found, info)
+        return found
+    if not info.url:
+        searched = ", ".join(str(p.parent) for p in _local_candidates(info))
+        raise CheckpointError(
+            f"checkpoint {info.filename} was not found (looked in: {searched}) and has no download URL"
+        )
+    return download_checkpoint(info, hub_checkpoint_dir() / info.filename, progress)
+
+
+# ----------------------------------------------------------------------------------------------
+# Verification
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 hex digest of a file, cached per (path, size, mtime) so big files are hashed once."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    digest = _hash_cache.get(key)
+    if digest is None:
+        digest = _sha256_uncached(path)
+        _hash_cache[key] = digest
+    return digest
+
+
+def _sha256_uncached(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(_CHUNK):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def verify_checkpoint(path: Path, info: CheckpointInfo) -> None:
+    """Raise `CheckpointError` unless the file's SHA-256 starts with the prefix in `info.filename`."""
+    digest = file_sha256(path)
+    if not digest.startswith(info.sha256_prefix.lower()):
+        fix = "Delete it (it will be downloaded again) or replace it." if info.url else "Replace it."
+        raise CheckpointError(
+            f"{path} is not the expected checkpoint: its SHA-256 starts with {digest[: len(info.sha256_prefix)]}, "
+            f"but {info.filename} must start with {info.sha256_prefix}. The file is corrupt or a different "
+            f"checkpoint; it was not loaded. {fix}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Download
+
+
+@contextmanager
+def _exclusive(dest: Path) -> Iterator[None]:
+    """Hold the per-file lock of `dest`, between threads and (on POSIX) between processes."""
+    with _file_locks_guard:
+        thread_lock = _file_locks.setdefault(str(dest), threading.Lock())
+    with thread_lock:
+        if fcntl is None:  # pragma: no cover
+            yield
+            return
+        with open(dest.with_name(dest.name + ".lock"), "a+b") as lock_file:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+
+def download_checkpoint(info: CheckpointInfo, dest: Path, progress: ProgressFn | None = None) -> Path:
+    """Download `info.url` to `dest` atomically, verified, once even when asked concurrently.
+
+    Raises:
+        CheckpointError: the download failed or the bytes do not match the expected hash; nothing is
+            left under `dest` and no temporary file remains.
+    """
+    assert info.url, "download_checkpoint needs a URL"
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot create the folder {dest.parent}: {e.strerror or e}. {_where_to_put_it(info)}"
+        ) from None
+    with _exclusive(dest):
+        if dest.is_file():  # another thread or process finished it while we waited for the lock
+            verify_checkpoint(dest, info)
+            return dest
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                _stream(info, out, progress)
+            digest = _sha256_uncached(tmp)
+            if not digest.startswith(info.sha256_prefix.lower()):
+                raise CheckpointError(
+                    f"the download of {info.filename} from {info.url} is corrupt: its SHA-256 starts with "
+                    f"{digest[: len(info.sha256_prefix)]}, not {info.sha256_prefix}; it was discarded. "
+                    f"Try again. {_where_to_put_it(info)}"
+                )
+            os.replace(tmp, dest)
+        finally:
+            with suppress(FileNotFoundError):
+                tmp.unlink()
+    return dest
+
+
+def _stream(info: CheckpointInfo, out, progress: ProgressFn | None) -> None:
+    """Copy the body of `info.url` into the open file `out`, checking that every byte arrived."""
+    request = urllib.request.Request(info.url, headers={"User-Agent": "detr-attention-explorer"})
+    try:
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            total = int(response.headers.get("Content-Length") or 0)
+            done = 0
+            if progress is not None:
+                progress(0, total)
+            while block := response.read(_CHUNK):
+                out.write(block)
+                done += len(block)
+                if progress is not None:
+                    progress(done, total)
+        if total and done != total:
+            raise OSError(f"the connection closed after {done} of {total} bytes")
+    except (OSError, http.client.HTTPException, ValueError) as e:  # URLError and timeouts are OSErrors
+        reason = e.reason if isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError) else e
+        raise CheckpointError(
+            f"could not download the checkpoint {info.filename} from {info.url} ({reason}). "
+            f"If this machine is offline, download it elsewhere. {_where_to_put_it(info)}"
+        ) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading and checking
+
+
+def _refused_global(error: Exception) -> str:
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    return f" (it asks for {match.group(1)})" if match else ""
+
+
+def read_state_dict(path: Path, info: CheckpointInfo) -> dict[str, Tensor]:
+    """Read a checkpoint's state dict on the CPU, as float32, without ever running code from it.
+
+    The file is read with ``torch.load(weights_only=True)``: a pickle that would import or call
+    anything but tensors and containers is refused. Both formats are accepted whatever the registry
+    says the official one is: a plain state dict (``torch.save(model.state_dict())``, the detr_demo
+    checkpoint) and one wrapped as ``{info.state_dict_key or "model": state_dict, ...}`` (the
+    official DETR checkpoints). Half-precision tensors (detr_demo's) are cast to float32.
+
+    Raises:
+        CheckpointError: the file cannot be read, would run code, or is not a dict of tensors.
+    """
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path.name} was refused: it holds Python objects other than tensors{_refused_global(e)}, "
+            "and loading them could run code. Only plain state dicts are accepted."
+        ) from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, ... on damaged files
+        raise CheckpointError(f"cannot read the checkpoint {path.name}: {type(e).__name__}: {e}".strip()) from None
+
+    wrapper = info.state_dict_key or "model"
+    if isinstance(obj, Mapping) and wrapper in obj and not isinstance(obj[wrapper], Tensor):
+        obj = obj[wrapper]  # the official format, {"model": state_dict, ...}
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path.name} is not a state dict: it holds a {type(obj).__name__}")
+
+    state_dict: dict[str, Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{path.name} is not a state dict: its key {key!r} is not a parameter name")
+        if not isinstance(value, Tensor):
+            raise CheckpointError(
+                f"{path.name} is not a state dict of tensors: entry {key!r} is of type {type(value).__name__} "
+                f"(a checkpoint holds the weights alone, or under {wrapper!r})"
+            )
+        state_dict[key] = value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+    return state_dict
+
+
+def _listed(names: list[str]) -> str:
+    more = f", ... ({len(names) - _LIST_AT_MOST} more)" if len(names) > _LIST_AT_MOST else ""
+    return ", ".join(names[:_LIST_AT_MOST]) + more
+
+
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "the checkpoint") -> None:
+    """Raise `CheckpointError` unless `state_dict` has exactly the model's keys, with the same shapes.
+
+    The message names the first few missing keys, unexpected keys and shape mismatches, so a
+    checkpoint of another architecture is recognizable at a glance.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k} (checkpoint {list(v.shape)}, model {list(expected[k].shape)})"
+        for k, v in state_dict.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_listed(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {_listed(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches: {_listed(mismatched)}")
+    if problems:
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems))

@@ -1,0 +1,299 @@
+"""Images: untrusted bytes are either turned into a sensible RGB picture or refused with `ImageError`,
+and `Geometry` maps original pixels, input pixels and feature cells onto each other exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from detr_core import ImageError, load_image, preprocess
+from detr_core.image import IMAGENET_MEAN, IMAGENET_STD, Geometry, resized_size
+
+SETTINGS = settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height RGB pixels, followed by almost no data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def _pixels(img: Image.Image) -> np.ndarray:
+    assert img.mode == "RGB"
+    return np.asarray(img).astype(int)
+
+
+# --------------------------------------------------------------------------------------------
+# what is refused
+
+
+def test_empty_bytes_are_refused():
+    with pytest.raises(ImageError, match=r"empty \(0 bytes\)"):
+        load_image(b"")
+
+
+def test_a_text_file_named_jpg_is_refused(tmp_path):
+    path = tmp_path / "holiday.jpg"
+    path.write_text("Dear diary, today I took a photo.\n")
+    with pytest.raises(ImageError, match="not an image we can read"):
+        load_image(path)
+
+
+def test_a_missing_path_and_a_wrong_type_are_refused(tmp_path):
+    with pytest.raises(ImageError, match="cannot read"):
+        load_image(tmp_path / "nope.png")
+    with pytest.raises(ImageError, match="expected image bytes, a path or a PIL image, got int"):
+        load_image(42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["grace_hopper.jpg", "astronaut.png"])
+def test_a_real_photo_cut_in_half_is_refused(samples_dir, name):
+    data = (samples_dir / name).read_bytes()
+    assert load_image(data).size == Image.open(samples_dir / name).size  # the whole file is fine
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        load_image(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(("width", "height"), [(100_000, 100_000), (7_000, 7_000)])
+def test_a_header_claiming_a_huge_image_is_refused_before_decoding(width, height):
+    data = _png_header(width, height)
+    assert len(data) < 100
+    with pytest.raises(ImageError, match="too large"):
+        load_image(data)
+
+
+def test_a_strip_too_thin_for_one_feature_cell_is_refused_by_preprocess():
+    strip = load_image(_encode(Image.new("RGB", (10_000, 10), (9, 9, 9)), "PNG"))  # a valid image...
+    assert strip.size == (10_000, 10)
+    with pytest.raises(ImageError, match=r"too narrow: 10000x10 would be resized to 1000x1.*\(32 px\)"):
+        preprocess(strip, stride=32)  # ...whose short side would become 1 px, less than a 32 px cell
+
+
+# --------------------------------------------------------------------------------------------
+# odd modes and formats are accepted
+
+
+def test_grayscale_becomes_grey_rgb():
+    out = load_image(_encode(Image.new("L", (3, 2), 77), "PNG"))
+    assert out.size == (3, 2) and (_pixels(out) == 77).all()
+
+
+@pytest.mark.parametrize(("mode", "colour", "rgb"), [("LA", (40,), (40, 40, 40)), ("RGBA", (0, 0, 255), (0, 0, 255))])
+def test_transparency_is_composited_on_white(mode, colour, rgb):
+    img = Image.new(mode, (4, 2), (*colour, 255))  # opaque...
+    img.paste((*colour, 0), (0, 0, 2, 2))  # ...with a fully transparent left half
+    img.paste((*colour, 128), (0, 0, 1, 2))  # whose first column is half transparent
+    out = _pixels(load_image(_encode(img, "PNG")))
+    assert (out[:, 2:] == rgb).all()
+    assert (out[:, 1] == 255).all()
+    assert (abs(out[:, 0] - (np.array(rgb) * 128 + 255 * 127) / 255) <= 1).all()
+
+
+def test_a_palette_with_a_transparent_index_is_composited_on_white():
+    img = Image.new("P", (4, 1), 1)
+    img.putpalette([0, 255, 0, 255, 0, 0] + [0] * (3 * 254))  # 0: green (transparent), 1: red
+    img.putpixel((0, 0), 0)
+    data = _encode(img, "PNG", transparency=0)
+    assert Image.open(io.BytesIO(data)).mode == "P"
+    out = _pixels(load_image(data))
+    assert out[0, 0].tolist() == [255, 255, 255]
+    assert (out[0, 1:] == (255, 0, 0)).all()
+
+
+def test_a_cmyk_jpeg_keeps_its_colour():
+    data = _encode(Image.new("RGB", (16, 16), (255, 0, 0)).convert("CMYK"), "JPEG", quality=95)
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"
+    assert (abs(_pixels(load_image(data)) - (255, 0, 0)) <= 3).all()
+
+
+def test_16_bit_grayscale_is_scaled_to_8_bits():
+    values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    data = _encode(Image.fromarray(values), "PNG")
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    out = _pixels(load_image(data))
+    assert out[0, :, 0].tolist() == [0, 1, 128, 255]
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+
+
+def test_an_animated_gif_gives_its_first_frame():
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
+    data = _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
+    assert (_pixels(load_image(data)) == (255, 0, 0)).all()
+
+
+@pytest.mark.parametrize(("fmt", "kwargs"), [("WEBP", {"lossless": True}), ("BMP", {}), ("TIFF", {})])
+def test_other_formats_are_read_exactly(fmt, kwargs):
+    rgb = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3) * 2
+    out = load_image(_encode(Image.fromarray(rgb), fmt, **kwargs))
+    assert out.size == (7, 5)
+    assert (_pixels(out) == rgb).all()
+
+
+def test_a_one_pixel_image_is_loaded_and_prepared():
+    out = load_image(_encode(Image.new("RGB", (1, 1), (10, 20, 30)), "PNG"))
+    assert _pixels(out).tolist() == [[[10, 20, 30]]]
+    prepared = preprocess(out, stride=32)
+    assert prepared.tensor.shape == (1, 3, 800, 800)
+    assert (prepared.geometry.feat_h, prepared.geometry.feat_w) == (25, 25)
+
+
+def test_a_pil_image_in_any_mode_is_accepted_as_is():
+    out = load_image(Image.new("RGBA", (2, 2), (0, 0, 0, 0)))
+    assert out.mode == "RGB" and (_pixels(out) == 255).all()
+
+
+@pytest.mark.parametrize(
+    ("orientation", "size", "red_at", "blue_at"),
+    [
+        (1, (200, 100), (50, 50), (150, 50)),  # as stored: red on the left
+        (3, (200, 100), (150, 50), (50, 50)),  # turned 180 degrees: red on the right
+        (6, (100, 200), (50, 50), (50, 150)),  # turned 90 degrees clockwise: red on top
+        (8, (100, 200), (50, 150), (50, 50)),  # turned 90 degrees anticlockwise: red at the bottom
+    ],
+)
+def test_exif_orientation_is_applied(orientation, size, red_at, blue_at):
+    stored = Image.new("RGB", (200, 100), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 100, 100))  # red left half, blue right half
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = load_image(_encode(stored, "JPEG", quality=95, exif=exif))
+    assert out.size == size
+    px = _pixels(out)
+    for (x, y), colour in ((red_at, (255, 0, 0)), (blue_at, (0, 0, 255))):
+        patch = px[y - 20 : y + 20, x - 20 : x + 20]  # the middle of a half, away from the JPEG's blurred edge
+        assert (abs(patch - colour) <= 8).all()
+
+
+# --------------------------------------------------------------------------------------------
+# preprocessing
+
+
+def test_preprocess_normalizes_with_imagenet_statistics():
+    prepared = preprocess(Image.new("RGB", (40, 20), (255, 0, 255)), stride=16, min_size=20, max_size=None)
+    assert prepared.tensor.shape == (1, 3, 20, 40) and prepared.tensor.dtype == torch.float32
+    expected = [(v - m) / s for v, m, s in zip((1.0, 0.0, 1.0), IMAGENET_MEAN, IMAGENET_STD, strict=True)]
+    assert torch.allclose(prepared.tensor[0, :, 7, 9], torch.tensor(expected), atol=1e-6, rtol=0)
+    g = prepared.geometry
+    assert (g.orig_w, g.orig_h, g.input_w, g.input_h, g.feat_w, g.feat_h, g.stride) == (40, 20, 40, 20, 3, 2, 16)
+
+
+def test_preprocess_uses_the_official_evaluation_size(samples_dir):
+    g = preprocess(load_image(samples_dir / "rocket.jpg"), stride=32).geometry  # 640x427
+    assert (g.input_w, g.input_h) == (1199, 800)
+    assert (g.feat_w, g.feat_h) == (38, 25)
+
+
+@SETTINGS
+@given(
+    w=st.integers(1, 20_000),
+    h=st.integers(1, 20_000),
+    min_size=st.integers(1, 1200),
+    extra=st.one_of(st.none(), st.integers(0, 2000)),
+)
+def test_resized_size_keeps_the_short_side_unless_the_long_side_would_pass_max_size(w, h, min_size, extra):
+    max_size = None if extra is None else min_size + extra
+    out_w, out_h = resized_size(w, h, min_size, max_size)
+    short, long = min(w, h), max(w, h)
+    out_short, out_long = (out_w, out_h) if w < h else (out_h, out_w)
+    if max_size is None or long / short * min_size <= max_size:
+        assert out_short == min_size
+        assert out_long == int(min_size * long / short)
+    else:
+        assert out_short == round(max_size * short / long)
+        assert out_long <= max_size + 0.5 * long / short + 1e-6  # at most half a short-side pixel of rounding
+    if out_short > 0:  # the aspect ratio is kept to within one pixel of the long side
+        assert long / short - 1 / out_short - 1e-9 < out_long / out_short <= long / short + 1e-9
+
+
+@st.composite
+def geometries(draw) -> Geometry:
+    """Geometries of real `preprocess` passes over small images (so the test stays fast)."""
+    w, h = draw(st.integers(1, 300)), draw(st.integers(1, 300))
+    stride = draw(st.sampled_from([8, 16, 32]))
+    min_size = draw(st.integers(stride, 160))
+    max_size = draw(st.one_of(st.none(), st.integers(min_size, 400)))
+    try:
+        prepared = preprocess(Image.new("RGB", (w, h)), stride, min_size, max_size)
+    except ImageError:
+        in_w, in_h = resized_size(w, h, min_size, max_size)
+        assert min(in_w, in_h) < stride  # refused only when a side is under one cell
+        draw(st.nothing())
+    g = prepared.geometry
+    assert prepared.tensor.shape == (1, 3, g.input_h, g.input_w)
+    assert (g.input_w, g.input_h) == resized_size(w, h, min_size, max_size)
+    assert (g.orig_w, g.orig_h, g.stride) == (w, h, stride)
+    assert (g.feat_h, g.feat_w) == (math.ceil(g.input_h / stride), math.ceil(g.input_w / stride))
+    return g
+
+
+@SETTINGS
+@given(g=geometries())
+def test_each_cell_centre_maps_back_to_its_cell(g: Geometry):
+    for row in range(g.feat_h):
+        for col in range(g.feat_w):
+            assert g.pixel_to_cell(*g.cell_center(row, col)) == (row, col)
+            assert g.token(row, col) == row * g.feat_w + col
+    assert g.tokens == g.feat_h * g.feat_w
+
+
+@SETTINGS
+@given(g=geometries())
+def test_every_original_pixel_lies_in_the_box_of_its_cell(g: Geometry):
+    # rows depend only on y and columns only on x, so one pass along each axis covers every pixel
+    for x in range(g.orig_w):
+        for px in (x, x + 0.5):
+            _, col = g.pixel_to_cell(px, 0)
+            assert 0 <= col < g.feat_w
+            x0, _, x1, _ = g.cell_box(0, col)
+            assert x0 <= px < x1
+    for y in range(g.orig_h):
+        for py in (y, y + 0.5):
+            row, _ = g.pixel_to_cell(0, py)
+            assert 0 <= row < g.feat_h
+            _, y0, _, y1 = g.cell_box(row, 0)
+            assert y0 <= py < y1
+    assert g.pixel_to_cell(-5, -5) == (0, 0)  # points outside the image clamp to the border cells
+    assert g.pixel_to_cell(g.orig_w + 5, g.orig_h + 5) == (g.feat_h - 1, g.feat_w - 1)
+    assert g.cell_box(g.feat_h - 1, g.feat_w - 1)[2:] == pytest.approx((g.orig_w, g.orig_h))
+
+
+@pytest.mark.parametrize(
+    ("name", "stride", "photo", "min_size"),
+    [
+        ("detr_shapes", 16, "chelsea.png", 64),
+        ("detr_shapes", 16, "grace_hopper.jpg", 71),
+        ("detr_shapes", 16, "coffee.png", 50),
+        ("detr_resnet50", 32, "rocket.jpg", 75),
+        ("detr_resnet50_dc5", 16, "grace_hopper.jpg", 70),
+    ],
+)
+def test_the_real_feature_map_has_the_geometry_s_shape(zoo_model, samples_dir, name, stride, photo, min_size):
+    model = zoo_model(name)
+    assert model.stride == stride
+    prepared = preprocess(load_image(samples_dir / photo), stride=stride, min_size=min_size)
+    with torch.no_grad():
+        features, pos = model.backbone(prepared.tensor)
+    g = prepared.geometry
+    assert features.shape[-2:] == (g.feat_h, g.feat_w)
+    assert pos.shape[-2:] == (g.feat_h, g.feat_w)
