@@ -24,6 +24,10 @@ from .errors import ImageError
 __all__ = ["Geometry", "PreparedImage", "load_image", "preprocess", "resized_size", "MAX_PIXELS"]
 
 MAX_PIXELS = 40_000_000  # larger images are refused before they are decoded (decompression bombs)
+# The only decoders untrusted bytes reach (PIL's JPEG opener also returns the MPO files many phones
+# write). PIL would otherwise try every plugin it has, EPS included, which it reads by running
+# Ghostscript on the file.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -98,7 +102,7 @@ def _open(source: bytes | str | os.PathLike | Image.Image) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(bytes(source)))
+            return Image.open(io.BytesIO(bytes(source)), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
         raise ImageError("this file is not an image we can read (JPEG, PNG, WebP, GIF, BMP or TIFF)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -15,7 +15,7 @@ from .capture import Analysis, capture
 from .image import PreparedImage, load_image, preprocess
 from .zoo import MODELS, ModelSpec
 
-__all__ = ["prepare", "analyze"]
+__all__ = ["analyze", "prepare"]
 
 
 def prepare(model: nn.Module, image: Image.Image, spec: ModelSpec | str,
