@@ -1,0 +1,67 @@
+"""Detect: the photo with DETR's boxes, a table of detections, a class filter and downloads."""
+
+import streamlit as st
+
+from ui import compute, figures, state
+
+
+def render() -> None:
+    st.header("Detect")
+    view = state.require_analysis()
+    if view is None:
+        return
+    analysis = view.analysis
+    detections = view.detections()
+    st.caption(
+        f"{view.spec.title} on {view.image_label} · threshold {view.threshold:.2f} · "
+        f"inference: {analysis.forward_ms:.0f} ms on {analysis.device} (one forward pass, cached)"
+    )
+
+    classes = sorted({d.class_name for d in detections})
+    shown = []
+    if detections:
+        key = f"p_detect_classes_{abs(hash((view.model_name, tuple(classes)))):x}"  # new class set: all shown
+        picked = st.multiselect(
+            "Show classes",
+            classes,
+            default=None if key in st.session_state else classes,
+            key=key,
+            help="Filter the boxes, the table and the downloads by class.",
+        )
+        shown = [d for d in detections if d.class_name in picked]
+
+    image = view.display_image()
+    fig = figures.detections_figure(image, view.geometry, shown)
+    st.plotly_chart(fig, key="plot_detect", theme=None, config={"displayModeBar": False})
+
+    if not detections:
+        st.info(
+            f"Nothing above the threshold {view.threshold:.2f} in this image: no query is confident enough. "
+            "Lower the threshold in the sidebar to see weaker guesses."
+        )
+        return
+    st.subheader(f"{len(shown)} of {len(detections)} detections")
+    st.dataframe(compute.detection_rows(shown), hide_index=True, width="stretch")
+
+    stem = (view.image_label.rsplit(".", 1)[0] or "image").replace(" ", "_")
+    meta = {
+        "model": view.model_name, "image": view.image_label, "threshold": view.threshold,
+        "image_size": [view.geometry.orig_w, view.geometry.orig_h], "box_format": "xyxy, original pixels",
+    }  # fmt: skip
+    cols = st.columns(3)
+    full_image = view.image
+    cols[0].download_button(
+        "Annotated PNG", data=lambda: compute.annotated_png(full_image, shown),
+        file_name=f"{stem}_detections.png", mime="image/png", on_click="ignore",
+    )  # fmt: skip
+    cols[1].download_button(
+        "Detections JSON", data=compute.detections_json(shown, meta), file_name=f"{stem}_detections.json",
+        mime="application/json", on_click="ignore",
+    )  # fmt: skip
+    cols[2].download_button(
+        "Detections CSV", data=compute.detections_csv(shown), file_name=f"{stem}_detections.csv",
+        mime="text/csv", on_click="ignore",
+    )  # fmt: skip
+
+
+state.page_main(render, "the Detect page")

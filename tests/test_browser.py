@@ -1,0 +1,374 @@
+"""The real dashboard in a real browser: `streamlit run app.py` driven by Debian's Chromium through
+Playwright. The tests click, type and upload like a person, and save a screenshot of every page to
+docs/screenshots/ (the README shows them).
+
+Run them with `python -m pytest tests/test_browser.py -m browser`. They need /usr/bin/chromium
+(never `playwright install`) and no network: the server runs offline with an empty torch hub cache,
+so it opens on the bundled detr_shapes model.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _server import CHROMIUM, StreamlitServer, launch_chromium  # noqa: E402
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed"),
+    pytest.mark.timeout(600),
+]
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
+expect.set_options(timeout=120_000)
+
+SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
+WAIT_MS = 120_000  # the CPU is slow and busy: generous, but every wait is for something specific
+VIEWPORT = {"width": 1400, "height": 1050}
+
+
+# ------------------------------------------------------------------------------------------------
+# Fixtures: one server and one browser for the module, a fresh page (session) per test
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("server")
+    env = {"TORCH_HOME": str(tmp / "torch_home"), "DETR_WEIGHTS_DIR": ""}
+    srv = StreamlitServer(tmp / "streamlit.log", env=env).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = launch_chromium(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport=VIEWPORT)
+    pg = context.new_page()
+    pg.set_default_timeout(WAIT_MS)
+    yield pg
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def shapes_model():
+    from detr_core import load_model
+
+    return load_model("detr_shapes", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def scene(shapes_model) -> int:
+    """The first held-out scene where the bundled model finds at least two shapes at its default
+    threshold, their box centres at least 24 px apart (so each centre marker can be clicked)."""
+    for number in range(100):
+        dets = expected_detections(shapes_model, scene_bytes(number), default_threshold())
+        centres = [((d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2) for d in dets]
+        apart = all(
+            ((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2) ** 0.5 >= 24 for i, a in enumerate(centres) for b in centres[:i]
+        )
+        if len(dets) >= 2 and apart:
+            return number
+    raise AssertionError("no held-out scene with two well separated detections")
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def scene_bytes(number: int) -> bytes:
+    from ui.state import scene_png
+
+    return scene_png.__wrapped__(number) if hasattr(scene_png, "__wrapped__") else scene_png(number)
+
+
+def geometry_of(data: bytes):
+    from detr_core import MODELS, load_image, preprocess
+
+    spec = MODELS["detr_shapes"]
+    return preprocess(load_image(data), 16, spec.min_size, spec.max_size).geometry
+
+
+def default_threshold() -> float:
+    from detr_core import MODELS
+
+    return float(getattr(MODELS["detr_shapes"], "default_threshold", 0.9))
+
+
+def expected_detections(model, data: bytes, threshold: float):
+    from detr_core.pipeline import analyze
+
+    return analyze(model, data, "detr_shapes").detections(threshold)
+
+
+def open_app(page, server, path: str = "") -> None:
+    page.goto(server.url + path)
+    expect(page.get_by_text(re.compile(r"^model runs: \d+$"))).to_be_visible()
+    wait_idle(page)
+
+
+def wait_idle(page) -> None:
+    """Wait until the script run the last action started has finished (the status widget is gone)."""
+    page.wait_for_timeout(300)  # the "running" indicator appears a moment after an action
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=WAIT_MS, polling=200
+    )
+
+
+def model_runs(page) -> int:
+    text = page.get_by_text(re.compile(r"^model runs: \d+$")).inner_text()
+    return int(text.rsplit(" ", 1)[1])
+
+
+def go_to(page, title: str) -> None:
+    page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first.click()
+    expect(page.get_by_role("heading", name=re.compile("^" + re.escape(title)))).to_be_visible()
+    wait_idle(page)
+
+
+def pick_source(page, label: str) -> None:
+    page.locator('[data-testid="stSidebar"] [data-testid="stRadio"] label').filter(has_text=label).click()
+    wait_idle(page)
+    if label == "Upload":
+        expect(page.locator('[data-testid="stSidebar"] input[type=file]')).to_be_attached()
+
+
+def upload(page, path: Path) -> None:
+    page.locator('[data-testid="stSidebar"] input[type=file]').set_input_files(str(path))
+    wait_idle(page)
+
+
+def photo_box(page, index: int = 0) -> dict:
+    """The on-screen box of the photo in the `index`-th Plotly chart (the layout image)."""
+    chart = page.locator('[data-testid="stPlotlyChart"]').nth(index)
+    image = chart.locator(".imagelayer image")
+    expect(image).to_have_count(1)
+    chart.scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
+    box = image.bounding_box()
+    assert box and box["width"] > 50 and box["height"] > 50
+    return box
+
+
+def screen_to_image(box: dict, sx: float, sy: float, orig_w: int, orig_h: int) -> tuple[float, float]:
+    return (sx - box["x"]) / box["width"] * orig_w, (sy - box["y"]) / box["height"] * orig_h
+
+
+def image_to_screen(box: dict, x: float, y: float, orig_w: int, orig_h: int) -> tuple[float, float]:
+    return box["x"] + x / orig_w * box["width"], box["y"] + y / orig_h * box["height"]
+
+
+def away_from_borders(g, box: dict, fx: float, fy: float) -> tuple[float, float]:
+    """A screen point near (fx, fy) of the photo at least 3 screen px from any feature-cell border."""
+    cell_w = g.stride * g.orig_w / g.input_w * box["width"] / g.orig_w
+    cell_h = g.stride * g.orig_h / g.input_h * box["height"] / g.orig_h
+    sx, sy = box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+    for _ in range(20):
+        dx = (sx - box["x"]) % cell_w
+        dy = (sy - box["y"]) % cell_h
+        if 3 < dx < cell_w - 3 and 3 < dy < cell_h - 3:
+            return sx, sy
+        sx += 2.5 if dx <= 3 or dx >= cell_w - 3 else 0
+        sy += 2.5 if dy <= 3 or dy >= cell_h - 3 else 0
+    return sx, sy
+
+
+def selected_cell(page) -> tuple[int, int]:
+    text = page.get_by_text(re.compile(r"^Selected cell:")).inner_text()
+    match = re.search(r"Selected cell: \((\d+), (\d+)\)", text)
+    assert match, text
+    return int(match.group(1)), int(match.group(2))
+
+
+def main_images(page) -> list[str]:
+    return page.locator('[data-testid="stMain"] [data-testid="stImage"] img').evaluate_all(
+        "els => els.map(e => e.getAttribute('src'))"
+    )
+
+
+def shoot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.mouse.move(5, VIEWPORT["height"] - 5)  # no hover label in the picture
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+
+
+def write_scene(tmp_path: Path, number: int) -> Path:
+    path = tmp_path / f"scene_{number}.png"
+    path.write_bytes(scene_bytes(number))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Tests
+
+
+def test_upload_a_synthetic_scene_and_see_its_detections(page, server, shapes_model, scene, tmp_path):
+    open_app(page, server)
+    expect(page.get_by_role("heading", name="Detect", exact=True)).to_be_visible()
+    path = write_scene(tmp_path, scene)
+    expected = expected_detections(shapes_model, path.read_bytes(), default_threshold())
+    assert expected
+    pick_source(page, "Upload")
+    upload(page, path)
+    n = len(expected)
+    expect(page.get_by_role("heading", name=f"{n} of {n} detections")).to_be_visible()
+    chart = page.locator('[data-testid="stPlotlyChart"]').first
+    for det in expected:  # each box's "class: score" label is drawn on the photo
+        expect(chart.get_by_text(f"{det.class_name}: {det.score:.2f}").first).to_be_attached()
+    expect(page.get_by_text(re.compile(r"inference: \d+ ms"))).to_be_visible()
+    expect(page.get_by_role("button", name="Annotated PNG")).to_be_visible()
+    shoot(page, "detect")
+
+
+def test_clicks_on_the_encoder_page_select_the_clicked_cell(page, server):
+    open_app(page, server)
+    go_to(page, "Encoder attention")
+    g = geometry_of(scene_bytes(0))
+    expect(page.get_by_text(f"tokens: {g.feat_h} x {g.feat_w} = {g.tokens}")).to_be_visible()
+    runs = model_runs(page)
+    seen = set()
+    for fx, fy in ((0.3, 0.4), (0.8, 0.65)):
+        before = main_images(page)
+        box = photo_box(page)
+        sx, sy = away_from_borders(g, box, fx, fy)
+        x, y = screen_to_image(box, sx, sy, g.orig_w, g.orig_h)
+        row, col = g.pixel_to_cell(x, y)
+        page.mouse.move(sx - 4, sy - 4)
+        page.mouse.move(sx, sy, steps=4)
+        page.mouse.click(sx, sy)
+        expect(page.get_by_text(re.compile(rf"^Selected cell: \({row}, {col}\)"))).to_be_visible()
+        wait_idle(page)
+        assert main_images(page)[:2] != before[:2], "the map and overlay must change with the cell"
+        seen.add((row, col))
+    assert len(seen) == 2
+    assert model_runs(page) == runs
+    points = parse_qs(urlparse(page.url).query)["pts"][0].split(";")
+    assert len(points) == 4
+    shoot(page, "encoder")
+
+
+def test_picking_a_detection_on_the_decoder_page_shows_its_map(page, server, shapes_model, scene):
+    open_app(page, server, f"/?scene={scene}")
+    go_to(page, "Decoder attention")
+    data = scene_bytes(scene)
+    g = geometry_of(data)
+    detections = expected_detections(shapes_model, data, default_threshold())
+    assert len(detections) >= 2
+    first = detections[0]
+    expect(page.get_by_text(f"Selected detection: query {first.query} · {first.class_name}")).to_be_visible()
+    for det in detections[:12]:  # the page shows at most 12 panels
+        expect(page.get_by_text(f"query id: {det.query} · {det.class_name}")).to_be_visible()
+    before = main_images(page)[-1]
+    runs = model_runs(page)
+    box = photo_box(page)
+
+    def centre(det) -> tuple[float, float]:
+        return image_to_screen(box, (det.box[0] + det.box[2]) / 2, (det.box[1] + det.box[3]) / 2, g.orig_w, g.orig_h)
+
+    def room(det) -> float:  # screen distance from its centre marker to the nearest other one
+        (x, y) = centre(det)
+        return min(((x - centre(o)[0]) ** 2 + (y - centre(o)[1]) ** 2) ** 0.5 for o in detections if o is not det)
+
+    target = max(detections[1:], key=room)
+    assert room(target) > 12, "the detections' centre markers overlap"
+    sx, sy = centre(target)
+    page.mouse.move(sx - 3, sy - 3)
+    page.mouse.move(sx, sy, steps=3)
+    page.mouse.click(sx, sy)
+    expect(page.get_by_text(f"Selected detection: query {target.query} · {target.class_name}")).to_be_visible()
+    wait_idle(page)
+    assert main_images(page)[-1] != before
+    assert parse_qs(urlparse(page.url).query)["q"] == [str(target.query)]
+    assert model_runs(page) == runs
+    shoot(page, "decoder")
+
+
+def test_switching_pages_and_moving_sliders_never_reruns_the_model(page, server):
+    open_app(page, server)
+    runs = model_runs(page)
+    for title in ("Encoder attention", "Decoder attention", "Model", "Guide", "Detect"):
+        go_to(page, title)
+        assert model_runs(page) == runs
+        if title == "Model":
+            expect(page.locator('[data-testid="stExpander"]').filter(has_text="print(model)")).to_be_visible()
+            shoot(page, "model")
+        if title == "Guide":
+            expect(page.get_by_text("encoder entropy (last layer, mean over locations)")).to_be_visible()
+            shoot(page, "guide")
+    threshold = page.locator('[data-testid="stSidebar"] [data-testid="stSlider"] input[type=range]')
+    start = float(threshold.input_value())
+    threshold.focus()
+    for _ in range(5):
+        page.keyboard.press("ArrowLeft")
+    expect(threshold).to_have_value(re.compile(rf"^{start - 0.05:.2f}0*$"))
+    wait_idle(page)
+    expect(page.get_by_text(f"threshold {start - 0.05:.2f}")).to_be_visible()
+    go_to(page, "Encoder attention")
+    layer = page.locator('[data-testid="stMain"] [data-testid="stSlider"] input[type=range]').first
+    layer.focus()
+    page.keyboard.press("ArrowLeft")
+    expect(page.get_by_text(re.compile(r"^Selected cell: .* layer 2 "))).to_be_visible()
+    wait_idle(page)
+    assert model_runs(page) == runs
+    assert parse_qs(urlparse(page.url).query)["thr"] == [f"{start - 0.05:.2f}"]
+
+
+def test_a_corrupt_upload_shows_a_message_and_a_good_one_works_after_it(page, server, tmp_path):
+    open_app(page, server)
+    pick_source(page, "Upload")
+    bad = tmp_path / "broken.png"
+    data = scene_bytes(12)
+    bad.write_bytes(data[: len(data) // 2])
+    upload(page, bad)
+    alert = page.locator('[data-testid="stMain"] [data-testid="stAlert"]').filter(has_text="cannot be analysed")
+    expect(alert).to_contain_text("broken.png")
+    expect(alert).to_contain_text("truncated or corrupt")
+    assert "Traceback" not in page.locator("body").inner_text()
+    upload(page, write_scene(tmp_path, 12))
+    expect(page.get_by_text("scene_12.png", exact=False).first).to_be_visible()
+    expect(alert).to_have_count(0)
+    expect(page.get_by_role("heading", name=re.compile(r"^\d+ of \d+ detections$|^Detect$")).first).to_be_visible()
+
+
+def test_a_deep_link_lands_on_the_same_view(page, server, browser):
+    g = geometry_of(scene_bytes(3))
+    row, col = g.pixel_to_cell(20, 100)
+    open_app(page, server, "/encoder?model=detr_shapes&src=scene&scene=3&thr=0.50&pts=20,100")
+    expect(page.get_by_role("heading", name="Encoder attention", exact=True)).to_be_visible()
+    expect(page.get_by_text(re.compile(rf"^Selected cell: \({row}, {col}\)"))).to_be_visible()
+    slider = page.locator('[data-testid="stSidebar"] [data-testid="stSlider"] input[type=range]')
+    expect(slider).to_have_value(re.compile(r"^0\.50*$"))
+    expect(page.locator('[data-testid="stSidebar"] [data-testid="stNumberInput"] input').first).to_have_value("3")
+    link = page.url
+    assert "page=encoder" in link and "scene=3" in link
+    other = browser.new_context(viewport=VIEWPORT)
+    try:
+        second = other.new_page()
+        second.set_default_timeout(WAIT_MS)
+        started = time.monotonic()
+        second.goto(link)
+        expect(second.get_by_role("heading", name="Encoder attention", exact=True)).to_be_visible()
+        expect(second.get_by_text(re.compile(rf"^Selected cell: \({row}, {col}\)"))).to_be_visible()
+        assert time.monotonic() - started < WAIT_MS / 1000
+    finally:
+        other.close()

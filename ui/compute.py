@@ -1,0 +1,301 @@
+"""Display-ready results of detr_core functions: every number is computed by detr_core; this module
+only picks arguments, converts tensors to numpy/lists for display, and caches the heavier ones.
+
+Nothing here runs the model: everything reads the `Analysis` of the current view, except
+`ui.state.relevance_map` (on demand, cached)."""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import io
+import json
+from dataclasses import dataclass, replace
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from detr_core import attention, render, stats
+from detr_core.capture import Analysis
+from detr_core.image import Geometry
+from detr_core.postprocess import Detection
+
+# ------------------------------------------------------------------------------------------------
+# Layer / head choices as the UI shows them
+
+
+def layer_options(n_layers: int, extra: tuple[str, ...] = ("mean",)) -> list[str]:
+    return [str(i) for i in range(1, n_layers + 1)] + list(extra)
+
+
+def layer_arg(label: str):
+    """UI label ("1".."N", "mean", "rollout") -> detr_core's layer argument (0-based int or the word)."""
+    return label if label in ("mean", "rollout") else int(label) - 1
+
+
+def head_options(nheads: int, grid: bool = False) -> list[str]:
+    return ["mean"] + [str(i) for i in range(1, nheads + 1)] + (["all heads (grid)"] if grid else [])
+
+
+def head_arg(label: str) -> int | None:
+    return None if label == "mean" else int(label) - 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Encoder
+
+
+@dataclass(frozen=True)
+class EncoderResult:
+    map: np.ndarray  # [h, w]
+    row: int
+    col: int
+    token: int
+    x: float  # the point asked for, original pixels
+    y: float
+
+
+def encoder_result(analysis: Analysis, x: float, y: float, layer: str, head: str, direction: str) -> EncoderResult:
+    em = attention.encoder_map(analysis, x, y, layer=layer_arg(layer), head=head_arg(head), direction=direction)
+    return EncoderResult(em.map.numpy(), em.row, em.col, em.token, x, y)
+
+
+def encoder_facts(analysis: Analysis) -> dict:
+    """The shape facts the official notebook prints, from the analysis."""
+    g = analysis.geometry
+    return {
+        "feature_shape": list(analysis.feature_shape),
+        "h": g.feat_h,
+        "w": g.feat_w,
+        "tokens": g.tokens,
+        "view_shape": [g.feat_h, g.feat_w, g.feat_h, g.feat_w],
+        "stride": g.stride,
+        "input": (g.input_w, g.input_h),
+        "original": (g.orig_w, g.orig_h),
+    }
+
+
+def reference_points(geometry: Geometry, min_size: int) -> list[tuple[float, float]]:
+    """The notebook's four reference points (y, x) = (200, 200), (280, 400), (200, 600), (440, 800).
+
+    They are positions in the RESIZED input of the official 800 px setting; a model with a smaller
+    input (detr_shapes: 128 px) gets them scaled by min_size / 800. Converted to original pixels
+    with `geometry.to_original` and clamped inside the image. Returns [(x, y), ...].
+    """
+    scale = min(1.0, min_size / 800)
+    out = []
+    for yi, xi in ((200, 200), (280, 400), (200, 600), (440, 800)):
+        xi, yi = min(xi * scale, geometry.input_w - 1), min(yi * scale, geometry.input_h - 1)
+        x, y = geometry.to_original(xi, yi)
+        out.append((min(max(x, 0.0), geometry.orig_w - 1.0), min(max(y, 0.0), geometry.orig_h - 1.0)))
+    return out
+
+
+def clamp_point(geometry: Geometry, x: float, y: float) -> tuple[float, float]:
+    return min(max(x, 0.0), geometry.orig_w - 1.0), min(max(y, 0.0), geometry.orig_h - 1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Decoder
+
+
+def decoder_result(analysis: Analysis, query: int, layer: str, head: str) -> np.ndarray:
+    return attention.decoder_map(analysis, query, layer=layer_arg(layer), head=head_arg(head)).numpy()
+
+
+def decoder_map_tensor(analysis: Analysis, query: int, layer: str = "mean", head: str = "mean"):
+    return attention.decoder_map(analysis, query, layer=layer_arg(layer), head=head_arg(head))
+
+
+def map_stats(attention_map, geometry: Geometry, box) -> dict:
+    """Share of a map inside a box vs chance, and its normalized entropy (detr_core.stats)."""
+    share, chance = stats.box_share(attention_map, geometry, box)
+    return {
+        "share": share,
+        "chance": chance,
+        "ratio": share / chance if chance > 0 else float("inf"),
+        "entropy": stats.normalized_entropy(attention_map),
+    }
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def guide_stats(key: tuple, threshold: float, _analysis: Analysis) -> dict:
+    """Per-layer encoder entropy and attention distance, and per-detection decoder statistics."""
+    a = _analysis
+    g = a.geometry
+    dets = a.detections(threshold)
+    det_stats = stats.detection_stats(a, dets)
+    return {
+        "enc_entropy": [stats.encoder_entropy(a, layer) for layer in range(a.enc_layers)],
+        "enc_distance": [stats.mean_attention_distance(a, layer) for layer in range(a.enc_layers)],
+        "diagonal": float(np.hypot(g.orig_w, g.orig_h)),
+        "detections": [
+            {
+                "query": s.query,
+                "class": s.class_name,
+                "score": d.score,
+                "share_in_box": s.share_in_box,
+                "chance": s.chance,
+                "ratio": s.ratio,
+                "entropy": s.entropy,
+            }
+            for s, d in zip(det_stats, dets, strict=True)
+        ],
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Pictures
+
+
+def heatmap_image(attention_map, geometry: Geometry) -> Image.Image:
+    return render.heatmap(attention_map, geometry)
+
+
+def overlay_image(image: Image.Image, attention_map, geometry: Geometry) -> Image.Image:
+    return render.overlay(image, attention_map, geometry)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def annotated_png(image: Image.Image, detections: list[Detection]) -> bytes:
+    return png_bytes(render.draw_boxes(image, detections))
+
+
+def scale_detection(det: Detection, factor: float) -> Detection:
+    """The detection with its box in the pixels of a photo shown `factor` times the original size."""
+    return replace(det, box=tuple(v * factor for v in det.box))
+
+
+def detection_rows(detections: list[Detection]) -> list[dict]:
+    """One row per detection: class name, class id, score, query, xyxy box (original pixels)."""
+    return [
+        {
+            "class": d.class_name,
+            "class_id": d.class_id,
+            "score": round(d.score, 4),
+            "query": d.query,
+            "x0": round(d.box[0], 1),
+            "y0": round(d.box[1], 1),
+            "x1": round(d.box[2], 1),
+            "y1": round(d.box[3], 1),
+        }
+        for d in detections
+    ]
+
+
+def detections_json(detections: list[Detection], meta: dict) -> str:
+    items = [
+        {"class_name": d.class_name, "class_id": d.class_id, "score": d.score, "query": d.query,
+         "box_xyxy": list(d.box)}
+        for d in detections
+    ]  # fmt: skip
+    return json.dumps({**meta, "detections": items}, indent=2)
+
+
+def detections_csv(detections: list[Detection]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["class_name", "class_id", "score", "query", "x0", "y0", "x1", "y1"])
+    for d in detections:
+        writer.writerow([d.class_name, d.class_id, f"{d.score:.6f}", d.query, *(f"{v:.2f}" for v in d.box)])
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------
+# The model
+
+
+PARTS = (
+    ("Backbone (CNN)", ("backbone",)),
+    ("Input projection (1x1 conv)", ("input_proj", "conv")),
+    ("Transformer encoder", ("transformer.encoder",)),
+    ("Transformer decoder", ("transformer.decoder",)),
+    ("Prediction heads (class + box)", ("class_embed", "bbox_embed", "linear_class", "linear_bbox")),
+    ("Object queries", ("query_embed", "query_pos")),
+    ("Learned positions", ("row_embed", "col_embed")),
+)
+
+
+def _resolve(model, path: str):
+    obj = model
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _numel(obj) -> int:
+    if hasattr(obj, "parameters"):
+        return sum(p.numel() for p in obj.parameters())
+    return int(obj.numel())
+
+
+def parameter_counts(model) -> list[dict]:
+    """Parameters per part of the model, plus anything else, and the total."""
+    total = _numel(model)
+    rows, counted = [], 0
+    for label, paths in PARTS:
+        objs = [o for o in (_resolve(model, p) for p in paths) if o is not None]
+        if not objs:
+            continue
+        n = sum(_numel(o) for o in objs)
+        counted += n
+        names = ", ".join(p for p in paths if _resolve(model, p) is not None)
+        rows.append({"part": label, "modules": names, "parameters": n})
+    if total - counted:
+        rows.append({"part": "Other", "modules": "", "parameters": total - counted})
+    rows.append({"part": "Total", "modules": "", "parameters": total})
+    for r in rows:
+        r["share"] = f"{100 * r['parameters'] / total:.1f}%"
+    return rows
+
+
+def pass_shapes(analysis: Analysis, num_classes: int) -> list[dict]:
+    """The tensor shapes of one pass on the current image."""
+    g = analysis.geometry
+    nh = analysis.nheads
+    d = analysis.enc_q.shape[-1]
+    c = nh * d
+    hw, q = g.tokens, analysis.num_queries
+
+    def row(what, shape, note=""):
+        return {"tensor": what, "shape": str(list(shape)), "note": note}
+
+    return [
+        row("original image", (g.orig_h, g.orig_w, 3), "H x W x RGB"),
+        row("input", (1, 3, g.input_h, g.input_w), "resized and normalized"),
+        row("backbone feature map", analysis.feature_shape, f"stride {g.stride}"),
+        row("projected features", (1, c, g.feat_h, g.feat_w), "1x1 conv to the transformer width"),
+        row("encoder tokens", (hw, 1, c), f"{g.feat_h} x {g.feat_w} = {hw} cells, row by row"),
+        row("encoder self-attention (one layer)", (nh, hw, hw), f"{analysis.enc_layers} layers"),
+        row("object queries", (q, c), "learned"),
+        row("decoder cross-attention (one layer)", (nh, q, hw), f"{analysis.dec_layers} layers"),
+        row("decoder self-attention (one layer)", (nh, q, q)),
+        row("decoder output", (analysis.dec_layers, q, c), "one per decoder layer"),
+        row("pred_logits", (1, q, num_classes + 1), "the last class is 'no object'"),
+        row("pred_boxes", (1, q, 4), "normalized (cx, cy, w, h)"),
+    ]
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def detr_demo_facts(num_classes: int) -> dict:
+    """A random DETRdemo built for `num_classes`: its parameters per part and its config."""
+    from detr_core.config import DETRDemoConfig
+    from detr_core.detr_demo import DETRdemo
+
+    cfg = DETRDemoConfig(num_classes=int(num_classes))
+    model = DETRdemo(cfg)
+    return {"config": repr(cfg), "parts": parameter_counts(model)}
+
+
+def detr_demo_source() -> str:
+    from detr_core.detr_demo import DETRdemo
+
+    return inspect.getsource(DETRdemo)

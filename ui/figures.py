@@ -1,0 +1,190 @@
+"""Plotly figure builders. Every photo figure uses ORIGINAL-image pixel coordinates (x right, y down),
+whatever size the photo is displayed at.
+
+Clicking a feature cell: Streamlit's Plotly selection returns no points for image and heatmap
+traces (streamlit/streamlit#8760), so `cell_grid_trace` lays transparent markers over the photo,
+one or more per feature cell, each with customdata = (row, col), and the figure looks for the
+nearest marker at any distance (`hoverdistance=-1`). The markers are placed so that the nearest
+marker to ANY point of the image belongs to the cell that contains the point (see `_axis_markers`),
+for every stride and image size.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import plotly.graph_objects as go
+from PIL import Image
+
+from detr_core.image import Geometry
+from detr_core.postprocess import Detection
+from detr_core.render import color_of
+
+PHOTO_HEIGHT = 520
+
+
+def _data_uri(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=88)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def rgb(index: int, alpha: float | None = None) -> str:
+    r, g, b = color_of(index)
+    return f"rgb({r},{g},{b})" if alpha is None else f"rgba({r},{g},{b},{alpha})"
+
+
+def photo_figure(image: Image.Image, orig_w: int, orig_h: int, height: int = PHOTO_HEIGHT) -> go.Figure:
+    """A figure showing `image` (any display size) over the axes [0, orig_w] x [0, orig_h], y down."""
+    fig = go.Figure()
+    fig.add_layout_image(
+        source=_data_uri(image), xref="x", yref="y", x=0, y=0, sizex=orig_w, sizey=orig_h,
+        xanchor="left", yanchor="top", sizing="stretch", layer="below",
+    )  # fmt: skip
+    fig.update_xaxes(range=[0, orig_w], visible=False, constrain="domain", fixedrange=True)
+    fig.update_yaxes(
+        range=[orig_h, 0], visible=False, scaleanchor="x", scaleratio=1, constrain="domain", fixedrange=True
+    )
+    fig.update_layout(
+        height=height, margin=dict(l=0, r=0, t=0, b=0), hovermode="closest",
+        showlegend=False, plot_bgcolor="rgba(0,0,0,0)", paper_bgcolor="rgba(0,0,0,0)",
+    )  # fmt: skip
+    return fig
+
+
+def _axis_markers(n_cells: int, stride: int, input_len: int) -> list[tuple[float, int]]:
+    """Marker positions along one axis (input pixels) and the cell each belongs to.
+
+    The nearest marker to a position must be in the position's cell, i.e. the midpoints between
+    neighbouring markers of different cells must be the cell borders k * stride. Full cells get a
+    marker at their centre (neighbouring centres' midpoint is the border between them). The last
+    cell is cut by the image border when input_len is not a multiple of the stride; then the two
+    centres around its left border are not symmetric, so a pair of markers at border -/+ d is
+    added (d = a quarter of the cut cell's width): their midpoint is exactly the border.
+    """
+    out = []
+    for k in range(n_cells):
+        lo, hi = k * stride, min((k + 1) * stride, input_len)
+        out.append(((lo + hi) / 2, k))
+    last = input_len - (n_cells - 1) * stride
+    if n_cells >= 2 and last < stride:
+        border, d = (n_cells - 1) * stride, last / 4
+        out += [(border - d, n_cells - 2), (border + d, n_cells - 1)]
+    return sorted(out)
+
+
+def cell_grid_trace(geometry: Geometry) -> go.Scatter:
+    """Transparent, clickable markers over the photo: customdata = (row, col) of a feature cell."""
+    g = geometry
+    xs = [(p * g.orig_w / g.input_w, c) for p, c in _axis_markers(g.feat_w, g.stride, g.input_w)]
+    ys = [(p * g.orig_h / g.input_h, r) for p, r in _axis_markers(g.feat_h, g.stride, g.input_h)]
+    x, y, custom = [], [], []
+    for py, row in ys:
+        for px, col in xs:
+            x.append(px)
+            y.append(py)
+            custom.append((row, col))
+    invisible = dict(opacity=0)
+    return go.Scatter(
+        x=x, y=y, customdata=custom, mode="markers", name="cells",
+        marker=dict(size=8, color="rgba(0,0,0,0)", opacity=0),
+        selected=dict(marker=invisible), unselected=dict(marker=invisible),
+        hovertemplate="feature cell (row %{customdata[0]}, col %{customdata[1]})<extra></extra>",
+    )  # fmt: skip
+
+
+def clickable_cells_figure(
+    image: Image.Image, geometry: Geometry, marked: list[tuple[int, int, str]], height: int = PHOTO_HEIGHT
+) -> go.Figure:
+    """The photo with a clickable feature-cell grid; `marked` cells (row, col, label) are outlined."""
+    g = geometry
+    fig = photo_figure(image, g.orig_w, g.orig_h, height)
+    fig.add_trace(cell_grid_trace(g))
+    fig.update_layout(hoverdistance=-1, clickmode="event+select")
+    for i, (row, col, label) in enumerate(marked):
+        x0, y0, x1, y1 = g.cell_box(row, col)
+        colour = rgb(i)
+        fig.add_shape(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, line=dict(color=colour, width=3), layer="above")
+        fig.add_annotation(
+            x=(x0 + x1) / 2, y=y0, text=label, showarrow=False, yanchor="bottom",
+            font=dict(color="white", size=13), bgcolor=colour,
+        )  # fmt: skip
+    return fig
+
+
+def _box_path(box) -> tuple[list[float], list[float]]:
+    x0, y0, x1, y1 = box
+    return [x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0]
+
+
+def _hover_text(det: Detection) -> str:
+    x0, y0, x1, y1 = det.box
+    return (
+        f"<b>{det.class_name}</b><br>score {det.score:.3f}<br>query {det.query}<br>"
+        f"box ({x0:.0f}, {y0:.0f}) - ({x1:.0f}, {y1:.0f})"
+    )
+
+
+def detections_figure(
+    image: Image.Image, geometry: Geometry, detections: list[Detection], clickable: bool = False,
+    highlight: int | None = None, height: int = PHOTO_HEIGHT,
+) -> go.Figure:  # fmt: skip
+    """The photo with each detection's box in the notebook's colour cycle and a "class: score" label.
+
+    Hovering a box shows class, score, query and box. With `clickable`, a marker at each box's
+    centre carries the query (customdata) so a click picks the detection.
+    """
+    fig = photo_figure(image, geometry.orig_w, geometry.orig_h, height)
+    for i, det in enumerate(detections):
+        xs, ys = _box_path(det.box)
+        width = 4 if highlight == det.query else 2
+        x0, y0 = det.box[:2]
+        # with `clickable`, the centre markers below carry the hover text and the clicks
+        box_hover = (
+            dict(hoverinfo="skip") if clickable
+            else dict(hoveron="fills+points", hovertemplate=_hover_text(det) + "<extra></extra>")
+        )  # fmt: skip
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, mode="lines", fill="toself", fillcolor=rgb(i, 0.06 if clickable else 0.0),
+            line=dict(color=rgb(i), width=width), name=f"{det.class_name} (query {det.query})", **box_hover,
+        ))  # fmt: skip
+        fig.add_annotation(
+            x=x0, y=y0, text=f"{det.class_name}: {det.score:.2f}", showarrow=False, xanchor="left",
+            yanchor="bottom", font=dict(color="white", size=12), bgcolor=rgb(i),
+        )  # fmt: skip
+    if clickable and detections:
+        fig.add_trace(go.Scatter(
+            x=[(d.box[0] + d.box[2]) / 2 for d in detections], y=[(d.box[1] + d.box[3]) / 2 for d in detections],
+            customdata=[d.query for d in detections], mode="markers", name="pick",
+            marker=dict(size=16, symbol="circle-open-dot", color=[rgb(i) for i in range(len(detections))],
+                        line=dict(width=2)),
+            text=[_hover_text(d) + "<br><i>click to inspect</i>" for d in detections],
+            hovertemplate="%{text}<extra></extra>",
+        ))  # fmt: skip
+        fig.update_layout(clickmode="event+select")
+    return fig
+
+
+def layers_figure(values: list[float], title: str, ytitle: str, height: int = 280) -> go.Figure:
+    layers = list(range(1, len(values) + 1))
+    fig = go.Figure(go.Scatter(x=layers, y=values, mode="lines+markers", name=title))
+    fig.update_layout(
+        title=title, height=height, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="encoder layer",
+        yaxis_title=ytitle, showlegend=False,
+    )  # fmt: skip
+    fig.update_xaxes(tickmode="array", tickvals=layers)
+    return fig
+
+
+def share_figure(rows: list[dict], height: int = 300) -> go.Figure:
+    """Per detection: share of its cross-attention inside its box vs chance."""
+    labels = [f"q{r['query']} {r['class']}" for r in rows]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=labels, y=[100 * r["share_in_box"] for r in rows], name="attention inside box"))
+    fig.add_trace(go.Bar(x=labels, y=[100 * r["chance"] for r in rows], name="chance (box area share)"))
+    fig.update_layout(
+        barmode="group", height=height, margin=dict(l=10, r=10, t=30, b=10), yaxis_title="% of attention",
+        legend=dict(orientation="h", y=1.12),
+    )  # fmt: skip
+    return fig

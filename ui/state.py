@@ -1,0 +1,637 @@
+"""Session plumbing: cached models and analyses, the sidebar every page shares, and the URL.
+
+Caching (what runs the model, and when):
+
+- `_model(name, checkpoint)`: one `st.cache_resource` model per name, shared by every session. It is
+  only read (capture and relevance never edit it and are thread-safe).
+- `_analysis(...)`: one `st.cache_data` `Analysis` per (model name, weights, image bytes hash,
+  preprocessing settings), at most `ANALYSIS_CACHE_ENTRIES`. This is the only place the dashboard
+  runs the model forward for an image, and it counts its runs in `MODEL_RUNS` (shown in the
+  sidebar as "model runs: N"). Switching pages, moving a slider, clicking a pixel or picking a
+  query reads the cached analysis and never runs the model again; a new image or model does.
+- `relevance_map(...)`: Chefer et al. relevance (a forward + backward pass) per (model, image,
+  query), on demand, counted in `RELEVANCE_RUNS`.
+
+The URL: the model, the image (synthetic scene or sample photo), the threshold, the page, the
+clicked encoder points and the picked decoder query live in `st.query_params`; a session that
+opens such a link starts on the same view (`_init_session`), and every run writes the current view
+back (`sync_url`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import logging
+import runpy
+import threading
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+from PIL import Image
+
+from detr_core import MODELS, CheckpointError, DETRError, load_image, load_model, pipeline, weights
+from detr_core.capture import Analysis
+from detr_core.image import Geometry
+from detr_core.postprocess import Detection
+from detr_core.zoo import ModelSpec
+
+log = logging.getLogger("detr_explorer")
+
+SHAPES = "detr_shapes"
+OFFICIAL_PREFERENCE = ("detr_resnet50", "detr_resnet50_dc5", "detr_resnet101", "detr_resnet101_dc5", "detr_demo")
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES_DIR = ROOT / "assets" / "samples"
+SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+SCENE_SIZE = 256  # synthetic scenes are drawn at 256 px (detr_shapes resizes them to 128)
+SCENE_COUNT = 100  # scene numbers 0..99, drawn from the held-out seeds (never seen in training)
+ANALYSIS_CACHE_ENTRIES = 16
+DISPLAY_MAX_SIDE = 900  # photos are shown (not analysed) at most this large
+
+SOURCE_SCENE, SOURCE_SAMPLE, SOURCE_UPLOAD, SOURCE_CAMERA = "scene", "sample", "upload", "camera"
+SOURCE_LABELS = {
+    SOURCE_SCENE: "Synthetic scene",
+    SOURCE_SAMPLE: "Sample photo",
+    SOURCE_UPLOAD: "Upload",
+    SOURCE_CAMERA: "Camera",
+}
+
+# ------------------------------------------------------------------------------------------------
+# Counters (process-wide: the caches they count are process-wide too)
+
+_counter_lock = threading.Lock()
+MODEL_RUNS = 0  # forward passes run by `_analysis` (cache misses)
+RELEVANCE_RUNS = 0  # forward + backward passes run by `relevance_map`
+
+
+def _count(kind: str) -> None:
+    global MODEL_RUNS, RELEVANCE_RUNS
+    with _counter_lock:
+        if kind == "model":
+            MODEL_RUNS += 1
+        else:
+            RELEVANCE_RUNS += 1
+
+
+def model_runs() -> int:
+    return MODEL_RUNS
+
+
+def relevance_runs() -> int:
+    return RELEVANCE_RUNS
+
+
+# ------------------------------------------------------------------------------------------------
+# Cached models, images and analyses
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _model(name: str, weights_id: str):
+    """The named model with its verified checkpoint, one per (name, checkpoint file), shared by every
+    session. `weights_id` is the checkpoint's file name, which carries its hash: a replaced
+    checkpoint is a new entry, never the old weights under the new name."""
+    return load_model(name)
+
+
+def get_model(name: str, weights_id: str):
+    """The model for `name` (cached)."""
+    return _model(name, weights_id)
+
+
+@st.cache_data(max_entries=ANALYSIS_CACHE_ENTRIES, show_spinner=False)
+def _analysis(
+    model_name: str, weights_id: str, image_hash: str, min_size: int, max_size: int, _image_bytes: bytes
+) -> Analysis:
+    """ONE forward pass with every attention map recorded; the only place the UI runs the model."""
+    model = get_model(model_name, weights_id)
+    result = pipeline.analyze(model, _image_bytes, model_name, min_size, max_size)
+    _count("model")
+    return result
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def relevance_map(key: tuple, query: int, _image_bytes: bytes):
+    """Chefer et al. relevance of `query` over the image ([h, w]), computed once per key and query."""
+    from detr_core.relevance import relevance
+
+    model_name, weights_id, _, min_size, max_size = key
+    model = get_model(model_name, weights_id)
+    prepared = pipeline.prepare(model, load_image(_image_bytes), model_name, min_size, max_size)
+    result = relevance(model, prepared, query)
+    _count("relevance")
+    return result
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _decoded(image_hash: str, _image_bytes: bytes) -> Image.Image:
+    """The RGB image (shared, read-only); raises ImageError for bad bytes (not cached)."""
+    return load_image(_image_bytes)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _display_copy(image_hash: str, max_side: int, _image: Image.Image) -> Image.Image:
+    img = _image.copy()
+    img.thumbnail((max_side, max_side), Image.LANCZOS)
+    return img
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def scene_png(number: int, size: int = SCENE_SIZE) -> bytes:
+    """Synthetic scene `number` (a held-out seed) as PNG bytes."""
+    from detr_core import synthetic
+
+    image, _ = synthetic.make_scene(synthetic.HELDOUT_FIRST_SEED + number, size)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def scenes_available() -> bool:
+    try:
+        from detr_core import synthetic  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@st.cache_data(show_spinner=False)
+def sample_names() -> list[str]:
+    return sorted(p.name for p in SAMPLES_DIR.iterdir() if p.suffix.lower() in SAMPLE_SUFFIXES)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def sample_bytes(name: str) -> bytes:
+    if name not in sample_names():
+        raise DETRError(f"no sample photo named {name!r}")
+    return (SAMPLES_DIR / name).read_bytes()
+
+
+# ------------------------------------------------------------------------------------------------
+# The view: what every page reads
+
+
+@dataclass
+class View:
+    """The current model, image and analysis of this session's run (built by `sidebar`)."""
+
+    model_name: str
+    spec: ModelSpec
+    weights_id: str  # the checkpoint's file name (it carries the file's hash)
+    threshold: float
+    min_size: int
+    max_size: int
+    source: str
+    image_label: str = ""
+    image_bytes: bytes | None = None
+    image_hash: str | None = None
+    image: Image.Image | None = None
+    analysis: Analysis | None = None
+    error: str | None = None  # why there is no analysis (bad file, no model, ...)
+    model: Any = None
+
+    @property
+    def key(self) -> tuple:
+        """Identifies the analysis: (model, weights, image hash, min_size, max_size)."""
+        return (self.model_name, self.weights_id, self.image_hash, self.min_size, self.max_size)
+
+    @property
+    def geometry(self) -> Geometry:
+        assert self.analysis is not None
+        return self.analysis.geometry
+
+    def detections(self, threshold: float | None = None) -> list[Detection]:
+        assert self.analysis is not None
+        return self.analysis.detections(self.threshold if threshold is None else threshold)
+
+    def display_image(self, max_side: int = DISPLAY_MAX_SIDE) -> Image.Image:
+        """The photo, at most `max_side` px, for showing (coordinates stay in original pixels)."""
+        assert self.image is not None and self.image_hash is not None
+        if max(self.image.size) <= max_side:
+            return self.image
+        return _display_copy(self.image_hash, max_side, self.image)
+
+    def display_geometry(self, image: Image.Image) -> Geometry:
+        """The pass's geometry with the 'original' size replaced by `image`'s (for drawing on it)."""
+        return replace(self.geometry, orig_w=image.width, orig_h=image.height)
+
+
+def current_view() -> View | None:
+    return st.session_state.get("_view")
+
+
+def require_analysis() -> View | None:
+    """The view if it has an analysis; otherwise shows why not (in the page) and returns None."""
+    view = current_view()
+    if view is None:
+        if st.session_state.get("_model_error"):
+            st.error(st.session_state["_model_error"])
+        else:
+            st.info("Pick a model and an image in the sidebar.")
+        return None
+    if view.error:
+        st.error(view.error)
+        return None
+    if view.analysis is None:
+        if view.source == SOURCE_UPLOAD:
+            st.info("Upload a photo in the sidebar (JPEG, PNG, WebP, GIF, BMP or TIFF; at most 25 MB).")
+        elif view.source == SOURCE_CAMERA:
+            st.info("Take a photo with the camera in the sidebar.")
+        else:
+            st.info("Pick an image in the sidebar.")
+        return None
+    return view
+
+
+def keep_valid(key: str, options: Sequence, default) -> None:
+    """Before creating a widget: reset its stored value if it is no longer one of `options`."""
+    if key in st.session_state and st.session_state[key] not in options:
+        st.session_state[key] = default
+
+
+def persist_page_widgets() -> None:
+    """Keep page widgets' values when their page is not shown (Streamlit drops unrendered widgets)."""
+    for key in list(st.session_state.keys()):
+        if isinstance(key, str) and key.startswith("p_"):
+            st.session_state[key] = st.session_state[key]
+
+
+# ------------------------------------------------------------------------------------------------
+# The session's first run: defaults and deep links
+
+
+def default_threshold(spec: ModelSpec) -> float:
+    return float(getattr(spec, "default_threshold", 0.9))
+
+
+def _default_model() -> tuple[str, str | None]:
+    """The first official model whose checkpoint is here; else detr_shapes and why."""
+    for name in OFFICIAL_PREFERENCE:
+        if name in MODELS and weights.checkpoint_status(MODELS[name]) == "available":
+            return name, None
+    return SHAPES, (
+        "No official DETR checkpoint is on this machine, so the explorer opened on the bundled "
+        "detr_shapes model (pick an official model to download its weights)."
+    )
+
+
+def parse_points(text: str | None) -> list[tuple[float, float]] | None:
+    """'x,y;x,y' (original pixels) -> [(x, y), ...] (at most 4), or None."""
+    if not text:
+        return None
+    points = []
+    for part in text.split(";"):
+        try:
+            x, y = (float(v) for v in part.split(","))
+        except ValueError:
+            continue
+        if x == x and y == y and abs(x) < 1e6 and abs(y) < 1e6:  # finite, sane
+            points.append((x, y))
+    return points[:4] or None
+
+
+def format_points(points: list[tuple[float, float]]) -> str:
+    return ";".join(f"{x:g},{y:g}" for x, y in points)
+
+
+def _init_session(page_slugs: Sequence[str]) -> str | None:
+    """On a session's first run, read the URL into the session state. Returns the page it names."""
+    ss = st.session_state
+    if ss.get("_initialized"):
+        return None
+    ss["_initialized"] = True
+    qp = st.query_params.to_dict()
+    model = qp.get("model")
+    if model not in MODELS:
+        model, notice = _default_model()
+        ss["_notice"] = notice
+    ss["w_model"] = model
+    spec = MODELS[model]
+    try:
+        threshold = float(qp.get("thr", ""))
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError
+    except ValueError:
+        threshold = default_threshold(spec)
+    ss["w_threshold"] = round(threshold, 2)
+    source = qp.get("src")
+    if source not in SOURCE_LABELS or (source == SOURCE_SCENE and model != SHAPES):
+        source = SOURCE_SCENE if model == SHAPES and scenes_available() else SOURCE_SAMPLE
+    ss["w_source"] = source
+    try:
+        ss["w_scene"] = min(max(int(qp.get("scene", "0")), 0), SCENE_COUNT - 1)
+    except ValueError:
+        ss["w_scene"] = 0
+    samples = sample_names()
+    if qp.get("sample") in samples:
+        ss["w_sample"] = qp["sample"]
+    elif samples:
+        ss["w_sample"] = "coffee.png" if "coffee.png" in samples else samples[0]
+    points = parse_points(qp.get("pts"))
+    if points:
+        ss["enc_points"] = points
+        ss["enc_points_for"] = None  # accept them for the first image this session shows
+    try:
+        ss["dec_query"] = int(qp["q"]) if "q" in qp else None
+        ss["dec_query_for"] = None
+    except ValueError:
+        ss["dec_query"] = None
+    page = qp.get("page")
+    return page if page in page_slugs else None
+
+
+def _on_model_change() -> None:
+    """The user picked another model: its default threshold, a fitting image source, no old notices."""
+    ss = st.session_state
+    name = ss["w_model"]
+    ss["w_threshold"] = round(default_threshold(MODELS[name]), 2)
+    ss.pop("_fallback", None)
+    ss.pop("_notice", None)
+    if name == SHAPES and scenes_available():
+        ss["w_source"] = SOURCE_SCENE
+    elif ss.get("w_source") == SOURCE_SCENE:
+        ss["w_source"] = SOURCE_SAMPLE
+
+
+def _model_label(name: str) -> str:
+    spec = MODELS[name]
+    status = weights.checkpoint_status(spec)
+    if status == "available":
+        mark = "available"
+    elif status == "downloadable":
+        mark = f"downloadable, {spec.checkpoint.size_mb:.0f} MB"
+    else:
+        mark = "needs a file"
+    return f"{spec.title} ({mark})"
+
+
+# ------------------------------------------------------------------------------------------------
+# The sidebar
+
+
+def _ensure_model(name: str, progress_area) -> tuple[Any, str]:
+    """Make the model's checkpoint available (downloading it with a progress bar) and load it.
+
+    Returns (model, weights_id). Raises CheckpointError when it cannot be had.
+    """
+    spec = MODELS[name]
+    status = weights.checkpoint_status(spec)
+    info = spec.checkpoint
+    if status != "available":
+        if status == "downloadable":
+            bar = progress_area.progress(0.0, text=f"Downloading {info.filename} (about {info.size_mb:.0f} MB)...")
+
+            def report(done: int, total: int) -> None:
+                if total:
+                    bar.progress(
+                        min(done / total, 1.0),
+                        text=f"Downloading {info.filename}: {done / 1e6:.0f} of {total / 1e6:.0f} MB",
+                    )
+                else:
+                    bar.progress(0.0, text=f"Downloading {info.filename}: {done / 1e6:.0f} MB")
+
+            try:
+                weights.resolve_checkpoint(info, progress=report)
+            finally:
+                bar.empty()
+        else:
+            weights.resolve_checkpoint(info)  # raises CheckpointError: where it looked, what to do
+    with progress_area, st.spinner(f"Loading {spec.title}..."):
+        model = _model(name, info.filename)
+    return model, info.filename
+
+
+def _image_input(ss, source: str) -> tuple[bytes | None, str]:
+    """The sidebar's image widgets for `source` -> (bytes or None, a label)."""
+    if source == SOURCE_SCENE:
+        number = st.number_input(
+            "Scene number",
+            min_value=0,
+            max_value=SCENE_COUNT - 1,
+            step=1,
+            key="w_scene",
+            help="Synthetic shape scenes from the held-out seeds: detr_shapes never saw them in training.",
+        )
+        return scene_png(int(number)), f"synthetic scene {int(number)}"
+    if source == SOURCE_SAMPLE:
+        names = sample_names()
+        keep_valid("w_sample", names, names[0] if names else None)
+        name = st.selectbox("Sample photo", names, key="w_sample")
+        if name is None:
+            return None, ""
+        return sample_bytes(name), name
+    if source == SOURCE_UPLOAD:
+        upload = st.file_uploader(
+            "Photo",
+            key="w_upload",
+            help="JPEG, PNG, WebP, GIF, BMP or TIFF, at most 25 MB. It stays in this session's memory only.",
+        )
+        if upload is None:
+            return None, ""
+        return upload.getvalue(), upload.name
+    shot = st.camera_input("Take a photo", key="w_camera")
+    if shot is None:
+        return None, ""
+    return shot.getvalue(), "camera photo"
+
+
+def sidebar(page_slugs: Sequence[str]) -> tuple[View | None, str | None]:
+    """Build the shared sidebar and this run's `View` (stored for the pages). Returns (view, page to open)."""
+    ss = st.session_state
+    ss["_view"] = None  # until this run has built a new one
+    deep_link_page = _init_session(page_slugs)
+    if "_pending_model" in ss:  # a failed pick of another model falls back here, before the widget exists
+        ss["w_model"] = ss.pop("_pending_model")
+        _on_model_change_keep_fallback()
+
+    with st.sidebar:
+        st.selectbox(
+            "Model",
+            list(MODELS),
+            key="w_model",
+            format_func=_model_label,
+            on_change=safe_callback(_on_model_change),
+            help="The model zoo. Official checkpoints download on first use (torch hub cache).",
+        )
+        name = ss["w_model"]
+        spec = MODELS[name]
+        if ss.get("_fallback"):
+            failed, message = ss["_fallback"]
+            st.error(f"{MODELS[failed].title} is not available here (detr_shapes is shown instead): {message}")
+        elif ss.get("_notice") and name == SHAPES:
+            st.info(ss["_notice"])
+        progress_area = st.container()
+        try:
+            model, weights_id = _ensure_model(name, progress_area)
+        except CheckpointError as e:
+            if name != SHAPES:
+                log.warning("model %s unavailable: %s", name, e)
+                ss["_fallback"] = (name, str(e))
+                ss["_pending_model"] = SHAPES
+                st.rerun()
+            ss["_model_error"] = f"The bundled model detr_shapes cannot be loaded: {e}"
+            st.error(ss["_model_error"])
+            return None, deep_link_page
+        ss.pop("_model_error", None)
+
+        options = [s for s in SOURCE_LABELS if s != SOURCE_SCENE or (name == SHAPES and scenes_available())]
+        keep_valid("w_source", options, options[0])
+        source = st.radio("Image", options, key="w_source", format_func=SOURCE_LABELS.get, horizontal=True)
+        if name == SHAPES and source != SOURCE_SCENE:
+            st.caption("detr_shapes only knows synthetic shapes: its detections on photos mean little.")
+        image_bytes, label = _image_input(ss, source)
+        threshold = st.slider(
+            "Detection threshold",
+            min_value=0.0,
+            max_value=1.0,
+            step=0.01,
+            key="w_threshold",
+            help="A query is a detection when its best class probability is above this.",
+        )
+        with st.expander("Preprocessing"):
+            min_size = st.number_input(
+                "Shorter side (px)", min_value=64, max_value=1600, step=32, value=spec.min_size, key=f"w_min_{name}"
+            )
+            max_size = st.number_input(
+                "Longer side at most (px)",
+                min_value=64,
+                max_value=2666,
+                step=32,
+                value=spec.max_size,
+                key=f"w_max_{name}",
+            )
+
+    view = View(
+        model_name=name,
+        spec=spec,
+        weights_id=weights_id,
+        threshold=float(threshold),
+        min_size=int(min_size),
+        max_size=int(max_size),
+        source=source,
+        image_label=label,
+        model=model,
+    )
+    if image_bytes is not None:
+        view.image_bytes = image_bytes
+        view.image_hash = hashlib.sha256(image_bytes).hexdigest()
+        try:
+            view.image = _decoded(view.image_hash, image_bytes)
+            with st.spinner(f"Running {spec.title} on {label} (once per image and model)..."):
+                view.analysis = _analysis(name, weights_id, view.image_hash, view.min_size, view.max_size, image_bytes)
+        except DETRError as e:
+            view.error = f"{label or 'This image'} cannot be analysed: {e}"
+            view.image = None
+    _reset_stale_selections(view)
+    ss["_view"] = view
+    return view, deep_link_page
+
+
+def _on_model_change_keep_fallback() -> None:
+    ss = st.session_state
+    fallback = ss.get("_fallback")
+    _on_model_change()
+    if fallback:
+        ss["_fallback"] = fallback
+
+
+def _reset_stale_selections(view: View) -> None:
+    """Clicked points and the picked query belong to one image and model: drop them when those change."""
+    ss = st.session_state
+    ident = (view.model_name, view.image_hash)
+    if view.analysis is None:
+        return
+    for what in ("enc_points", "dec_query"):
+        owner = ss.get(f"{what}_for", ident)
+        if owner is None:  # from a deep link: accept for the first image shown
+            ss[f"{what}_for"] = ident
+        elif owner != ident:
+            ss[what] = None
+            ss[f"{what}_for"] = ident
+        else:
+            ss[f"{what}_for"] = ident
+
+
+def sync_url(view: View | None, page_slug: str) -> None:
+    """Write the current view into the URL, so the link reopens it."""
+    ss = st.session_state
+    params: dict[str, str] = {"page": page_slug}
+    if view is not None:
+        params["model"] = view.model_name
+        params["src"] = view.source
+        if view.source == SOURCE_SCENE:
+            params["scene"] = str(int(ss.get("w_scene", 0)))
+        elif view.source == SOURCE_SAMPLE and ss.get("w_sample"):
+            params["sample"] = str(ss["w_sample"])
+        params["thr"] = f"{view.threshold:.2f}"
+        if ss.get("enc_points"):
+            params["pts"] = format_points(ss["enc_points"])
+        if ss.get("dec_query") is not None:
+            params["q"] = str(ss["dec_query"])
+    if st.query_params.to_dict() != params:
+        st.query_params.from_dict(params)
+
+
+_frame = threading.local()
+
+
+@contextmanager
+def page_frame():
+    """app.py runs the navigation's page inside this: the page knows the sidebar and view exist."""
+    _frame.active = True
+    try:
+        yield
+    finally:
+        _frame.active = False
+
+
+def page_main(render: Callable[[], None], what: str) -> None:
+    """The body of every script in pages/: render the page, inside the frame app.py builds.
+
+    Streamlit 1.67 still treats a folder named pages/ as an old-style multipage app until the first
+    run that calls st.navigation (every run, under AppTest), and then runs pages/<name>.py directly
+    for a URL naming it, without app.py: no sidebar, no model, no image. Such a direct run executes
+    app.py instead, which calls st.navigation (switching that mode off) and runs this page through it.
+    """
+    if getattr(_frame, "active", False):
+        run_safely(render, what)
+    else:
+        runpy.run_path(str(ROOT / "app.py"), run_name="__main__")
+
+
+def safe_callback(callback: Callable[[], None]) -> Callable[[], None]:
+    """A widget callback that never shows a traceback: an error is logged and shown on the next run."""
+
+    @functools.wraps(callback)
+    def wrapper() -> None:
+        try:
+            callback()
+        except Exception:
+            log.exception("callback %s failed", callback.__name__)
+            st.session_state["_callback_error"] = "That action failed; the details were logged on the server."
+
+    return wrapper
+
+
+def show_callback_error() -> None:
+    message = st.session_state.pop("_callback_error", None)
+    if message:
+        st.error(message)
+
+
+def run_safely(body: Callable[[], None], what: str) -> None:
+    """Run `body`; a DETRError becomes its message, anything else a friendly error (traceback logged)."""
+    try:
+        body()
+    except DETRError as e:
+        st.error(str(e))
+    except Exception:
+        log.exception("%s failed", what)
+        st.error(
+            f"Something went wrong while drawing {what}. The details were logged on the server; "
+            "try another image or setting, or reload the page."
+        )
