@@ -52,6 +52,7 @@ class ModelSpec:
     min_size: int = 800  # preprocessing: shorter side
     max_size: int = 1333  # preprocessing: longer side at most
     bundled: bool = False  # shipped inside the package (no download)
+    default_threshold: float = 0.9  # the score a detection must pass by default (the official notebook's 0.9)
     notes: str = ""
     builder: Callable[..., nn.Module] = field(default=build_detr, repr=False)
 
@@ -81,8 +82,8 @@ MODELS: dict[str, ModelSpec] = {
                 backbone="small", small_backbone=SmallBackboneConfig(), hidden_dim=128, nheads=8, enc_layers=3,
                 dec_layers=3, dim_feedforward=512, dropout=0.0, num_queries=20, num_classes=len(SHAPES_CLASSES),
             ),
-            CheckpointInfo("detr_shapes-00000000.pth", None, 4.3),
-            None, class_names=SHAPES_CLASSES, min_size=128, max_size=1333, bundled=True,
+            CheckpointInfo("detr_shapes-7870b3a2.pth", None, 4.3, state_dict_key=None, half=True),
+            None, class_names=SHAPES_CLASSES, min_size=128, max_size=1333, bundled=True, default_threshold=0.8,
             notes="Trained on synthetic scenes of shapes; see detr_core/weights/MODEL_CARD.md.",
         ),
     )  # fmt: skip

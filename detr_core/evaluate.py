@@ -1,0 +1,243 @@
+"""Evaluation CLI and metrics of `detr_shapes` on held-out synthetic scenes: the model's quality gates.
+
+    python -m detr_core.evaluate [--checkpoint FILE] [--scenes 500] [--threshold T] [--attention]
+
+Each query gives one detection (its most probable real class, scored by that softmax probability, as
+`postprocess` does). AP50 is the mean over classes of the all-point interpolated average precision
+(VOC 2010+ / COCO style) with a match at IoU >= 0.5; every ground-truth box matches at most once, so
+duplicates are false positives. Precision and recall "at the threshold" count detections scored above
+it. `--attention` also estimates the attention gates (see `attention_ratios`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .box_ops import box_cxcywh_to_xyxy, box_iou
+from .synthetic import HELDOUT_FIRST_SEED, make_batch
+from .zoo import BUNDLED_DIR, MODELS, build_model
+
+__all__ = ["attention_ratios", "average_precision", "evaluate", "load_shapes_model", "main", "predict"]
+
+MODEL_NAME = "detr_shapes"
+IOU_MATCH = 0.5
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: Tensor, batch: int = 50) -> tuple[Tensor, Tensor, Tensor]:
+    """images [N, 3, H, W] -> scores [N, Q], labels [N, Q], boxes [N, Q, 4] (normalized xyxy)."""
+    scores, labels, boxes = [], [], []
+    for chunk in images.split(batch):
+        out = model(chunk)
+        probs = out["pred_logits"].float().softmax(-1)[..., :-1]  # [b, Q, K]: "no object" dropped
+        s, lab = probs.max(-1)  # [b, Q]
+        scores.append(s)
+        labels.append(lab)
+        boxes.append(box_cxcywh_to_xyxy(out["pred_boxes"].float()))
+    return torch.cat(scores), torch.cat(labels), torch.cat(boxes)
+
+
+def _match(
+    scores: Tensor, labels: Tensor, boxes: Tensor, gt_labels: Tensor, gt_boxes: Tensor
+) -> np.ndarray:
+    """One image: which detections (scores [D], labels [D], boxes [D, 4] xyxy) are true positives [D] bool.
+
+    Greedy in order of decreasing score: a detection is a true positive when its best-overlapping
+    unmatched ground-truth box of the same class has IoU >= 0.5.
+    """
+    tp = np.zeros(len(scores), dtype=bool)
+    if len(gt_labels) == 0 or len(scores) == 0:
+        return tp
+    iou = box_iou(boxes, box_cxcywh_to_xyxy(gt_boxes))[0].numpy()  # [D, T]
+    iou[labels.numpy()[:, None] != gt_labels.numpy()[None, :]] = -1.0
+    taken = np.zeros(len(gt_labels), dtype=bool)
+    for d in np.argsort(-scores.numpy(), kind="stable"):
+        candidates = np.where(taken, -1.0, iou[d])
+        t = int(candidates.argmax())
+        if candidates[t] >= IOU_MATCH:
+            tp[d], taken[t] = True, True
+    return tp
+
+
+def average_precision(scores: np.ndarray, tp: np.ndarray, num_gt: int) -> float:
+    """All-point interpolated AP: the area under the precision envelope of the precision/recall curve."""
+    if num_gt == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    hits = tp[order].astype(np.float64)
+    cum_tp = np.cumsum(hits)
+    recall = cum_tp / num_gt
+    precision = cum_tp / np.arange(1, len(hits) + 1)
+    recall = np.concatenate(([0.0], recall, [1.0]))
+    precision = np.concatenate(([1.0], precision, [0.0]))
+    precision = np.maximum.accumulate(precision[::-1])[::-1]  # the envelope: best precision at >= this recall
+    steps = np.nonzero(recall[1:] != recall[:-1])[0]
+    return float(np.sum((recall[steps + 1] - recall[steps]) * precision[steps + 1]))
+
+
+def evaluate(
+    model: nn.Module,
+    count: int = 500,
+    first_seed: int = HELDOUT_FIRST_SEED,
+    size: int = 128,
+    threshold: float = 0.9,
+) -> dict[str, float]:
+    """AP50, and precision / recall of the detections scored above `threshold`, on `count` held-out scenes."""
+    was_training = model.training
+    model.eval()
+    images, targets = make_batch(range(first_seed, first_seed + count), size)
+    scores, labels, boxes = predict(model, images)  # [N, Q], [N, Q], [N, Q, 4]
+    model.train(was_training)
+    num_classes = len(MODELS[MODEL_NAME].class_names)
+    per_class: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {c: [] for c in range(num_classes)}
+    gt_per_class = np.zeros(num_classes, dtype=np.int64)
+    tp_thr = det_thr = 0
+    for i, target in enumerate(targets):
+        gt_per_class += np.bincount(target["labels"].numpy(), minlength=num_classes)
+        tp = _match(scores[i], labels[i], boxes[i], target["labels"], target["boxes"])
+        for c in range(num_classes):
+            sel = (labels[i] == c).numpy()
+            per_class[c].append((scores[i].numpy()[sel], tp[sel]))
+        keep = (scores[i] > threshold).numpy()
+        tp_keep = _match(scores[i][keep], labels[i][keep], boxes[i][keep], target["labels"], target["boxes"])
+        tp_thr += int(tp_keep.sum())
+        det_thr += int(keep.sum())
+    aps = []
+    for c in range(num_classes):
+        s = np.concatenate([x for x, _ in per_class[c]]) if per_class[c] else np.zeros(0)
+        t = np.concatenate([y for _, y in per_class[c]]) if per_class[c] else np.zeros(0, dtype=bool)
+        if gt_per_class[c]:
+            aps.append(average_precision(s, t, int(gt_per_class[c])))
+    num_gt = int(gt_per_class.sum())
+    return {
+        "scenes": count,
+        "objects": num_gt,
+        "ap50": round(float(np.mean(aps)), 4),
+        "threshold": threshold,
+        "precision": round(tp_thr / det_thr, 4) if det_thr else 0.0,
+        "recall": round(tp_thr / num_gt, 4) if num_gt else 0.0,
+        "detections": det_thr,
+    }
+
+
+def _attention_weights(mha: nn.MultiheadAttention, query: Tensor, key: Tensor) -> Tensor:
+    """softmax(QK^T / sqrt(d)) of an nn.MultiheadAttention from its inputs: query [L, B, C], key [S, B, C]
+    -> weights [B, nh, L, S]."""
+    C, nh = mha.embed_dim, mha.num_heads
+    w_q, w_k = mha.in_proj_weight[:C], mha.in_proj_weight[C : 2 * C]
+    b_q, b_k = mha.in_proj_bias[:C], mha.in_proj_bias[C : 2 * C]
+    q = (query @ w_q.T + b_q).permute(1, 0, 2).reshape(query.shape[1], query.shape[0], nh, C // nh).transpose(1, 2)
+    k = (key @ w_k.T + b_k).permute(1, 0, 2).reshape(key.shape[1], key.shape[0], nh, C // nh).transpose(1, 2)
+    return (q @ k.transpose(-1, -2) / (C // nh) ** 0.5).softmax(-1)  # [B, nh, L, S]
+
+
+@torch.no_grad()
+def attention_ratios(
+    model: nn.Module, count: int = 100, first_seed: int = HELDOUT_FIRST_SEED, size: int = 128, threshold: float = 0.9
+) -> dict[str, float]:
+    """Estimates of the attention gates, averaged over heads, objects and scenes:
+
+    decoder: for each detection above `threshold` that matches an object, the share of its query's
+    last-layer cross-attention on cells whose centre lies inside the object's box, over that chance
+    share (cells inside / all cells); encoder: the same share for the last encoder layer's
+    self-attention of the cell at the object's centre.
+    """
+    model.eval()
+    captured: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def hook(name: str):
+        def fn(module, args, kwargs, output):
+            captured[name] = (args[0].detach(), args[1].detach())
+
+        return fn
+
+    enc = model.transformer.encoder.layers[-1].self_attn
+    dec = model.transformer.decoder.layers[-1].multihead_attn
+    handles = [enc.register_forward_hook(hook("enc"), with_kwargs=True),
+               dec.register_forward_hook(hook("dec"), with_kwargs=True)]  # fmt: skip
+    dec_ratios, enc_ratios = [], []
+    try:
+        for start in range(first_seed, first_seed + count, 50):
+            images, targets = make_batch(range(start, min(start + 50, first_seed + count)), size)
+            scores, labels, boxes = predict(model, images, batch=len(images))
+            a_enc = _attention_weights(enc, *captured["enc"]).mean(1)  # [B, HW, HW]
+            a_dec = _attention_weights(dec, *captured["dec"]).mean(1)  # [B, Q, HW]
+            h = w = -(-size // model.stride)
+            cy = (torch.arange(h, dtype=torch.float32) + 0.5) / h
+            cx = (torch.arange(w, dtype=torch.float32) + 0.5) / w
+            cy, cx = cy[:, None].expand(h, w).reshape(-1), cx[None, :].expand(h, w).reshape(-1)  # [HW]
+            for i, target in enumerate(targets):
+                gt_xyxy = box_cxcywh_to_xyxy(target["boxes"])  # [T, 4]
+                inside = ((cx[None] >= gt_xyxy[:, 0:1]) & (cx[None] < gt_xyxy[:, 2:3])
+                          & (cy[None] >= gt_xyxy[:, 1:2]) & (cy[None] < gt_xyxy[:, 3:4]))  # [T, HW]  # fmt: skip
+                chance = inside.float().mean(1)  # [T]
+                for t in range(len(target["labels"])):
+                    if chance[t] == 0:
+                        continue
+                    ox, oy = float(target["boxes"][t, 0]), float(target["boxes"][t, 1])
+                    token = min(int(oy * h), h - 1) * w + min(int(ox * w), w - 1)
+                    enc_ratios.append(float(a_enc[i, token][inside[t]].sum() / chance[t]))
+                    iou = box_iou(boxes[i], gt_xyxy[t : t + 1])[0][:, 0]  # [Q]
+                    ok = (scores[i] > threshold) & (labels[i] == target["labels"][t]) & (iou >= IOU_MATCH)
+                    for q in torch.nonzero(ok).flatten().tolist():
+                        dec_ratios.append(float(a_dec[i, q][inside[t]].sum() / chance[t]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {
+        "decoder_inside_box_x_chance": round(float(np.mean(dec_ratios)), 3) if dec_ratios else float("nan"),
+        "encoder_centre_inside_box_x_chance": round(float(np.mean(enc_ratios)), 3) if enc_ratios else float("nan"),
+    }
+
+
+def bundled_checkpoint() -> Path:
+    return BUNDLED_DIR / MODELS[MODEL_NAME].checkpoint.filename
+
+
+def load_shapes_model(checkpoint: Path | None = None) -> nn.Module:
+    """`detr_shapes` with a plain (float32 or float16) state dict loaded, in eval mode, on the CPU."""
+    state_dict = torch.load(checkpoint or bundled_checkpoint(), map_location="cpu", weights_only=True)
+    if isinstance(state_dict, dict) and "model" in state_dict and not torch.is_tensor(state_dict["model"]):
+        state_dict = state_dict["model"]
+    model = build_model(MODEL_NAME)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}, strict=True)
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m detr_core.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, help="a state dict (default: the bundled detr_shapes checkpoint)")
+    p.add_argument("--scenes", type=int, default=500)
+    p.add_argument("--first-seed", type=int, default=HELDOUT_FIRST_SEED)
+    p.add_argument("--threshold", type=float, default=MODELS[MODEL_NAME].default_threshold)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--attention", action="store_true", help="also estimate the attention gates")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = load_shapes_model(args.checkpoint)
+    start = time.monotonic()
+    metrics = evaluate(model, args.scenes, args.first_seed, threshold=args.threshold)
+    if args.attention:
+        metrics.update(attention_ratios(model, min(args.scenes, 200), args.first_seed, threshold=args.threshold))
+    metrics["seconds"] = round(time.monotonic() - start, 1)
+    gates = {
+        "ap50 >= 0.97": metrics["ap50"] >= 0.97,
+        "precision >= 0.93": metrics["precision"] >= 0.93,
+        "recall >= 0.95": metrics["recall"] >= 0.95,
+    }
+    print(json.dumps(metrics, indent=2))
+    for gate, ok in gates.items():
+        print(f"{'PASS' if ok else 'FAIL'}  {gate}")
+    return 0 if all(gates.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
