@@ -12,7 +12,7 @@ def render() -> None:
     if view is None or view.model is None:
         st.info("No model is loaded: pick one in the sidebar.")
         return
-    spec, model = view.spec, view.model
+    spec = view.spec
     ap = f" · COCO val box AP {spec.box_ap}" if spec.box_ap is not None else ""
     st.markdown(
         f"**{spec.title}** (`{spec.name}`){ap} · checkpoint `{spec.checkpoint.filename}` · "
@@ -22,12 +22,13 @@ def render() -> None:
     if spec.notes:
         st.caption(spec.notes)
 
+    arch = compute.architecture(spec.name)
     st.subheader("Parameters per part")
-    st.dataframe(compute.parameter_counts(model), hide_index=True, width="stretch")
+    st.dataframe(arch["parts"], hide_index=True, width="stretch")
 
     st.subheader("Architecture")
     with st.expander("print(model)", expanded=False):
-        st.code(str(model), language="text")
+        st.code(arch["tree"], language="text")
     st.code(repr(spec.config), language="python", wrap_lines=True)
 
     st.subheader("One pass on the current image")

@@ -285,6 +285,16 @@ def pass_shapes(analysis: Analysis, num_classes: int) -> list[dict]:
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
+def architecture(name: str) -> dict:
+    """The named model as `print(model)` shows it and its parameters per part, from the official
+    structure (the served model has batch norm folded away, see detr_core.fast)."""
+    from detr_core import build_model
+
+    model = build_model(name)
+    return {"tree": str(model), "parts": parameter_counts(model)}
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
 def detr_demo_facts(num_classes: int) -> dict:
     """A random DETRdemo built for `num_classes`: its parameters per part and its config."""
     from detr_core.config import DETRDemoConfig
