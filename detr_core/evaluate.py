@@ -21,8 +21,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .attention import decoder_map, encoder_map
 from .box_ops import box_cxcywh_to_xyxy, box_iou
-from .synthetic import HELDOUT_FIRST_SEED, make_batch
+from .capture import capture
+from .image import preprocess
+from .stats import box_share
+from .synthetic import HELDOUT_FIRST_SEED, make_batch, make_scene
 from .zoo import BUNDLED_DIR, MODELS, build_model
 
 __all__ = ["attention_ratios", "average_precision", "evaluate", "load_shapes_model", "main", "predict"]
@@ -128,73 +132,44 @@ def evaluate(
     }
 
 
-def _attention_weights(mha: nn.MultiheadAttention, query: Tensor, key: Tensor) -> Tensor:
-    """softmax(QK^T / sqrt(d)) of an nn.MultiheadAttention from its inputs: query [L, B, C], key [S, B, C]
-    -> weights [B, nh, L, S]."""
-    C, nh = mha.embed_dim, mha.num_heads
-    w_q, w_k = mha.in_proj_weight[:C], mha.in_proj_weight[C : 2 * C]
-    b_q, b_k = mha.in_proj_bias[:C], mha.in_proj_bias[C : 2 * C]
-    q = (query @ w_q.T + b_q).permute(1, 0, 2).reshape(query.shape[1], query.shape[0], nh, C // nh).transpose(1, 2)
-    k = (key @ w_k.T + b_k).permute(1, 0, 2).reshape(key.shape[1], key.shape[0], nh, C // nh).transpose(1, 2)
-    return (q @ k.transpose(-1, -2) / (C // nh) ** 0.5).softmax(-1)  # [B, nh, L, S]
-
-
-@torch.no_grad()
 def attention_ratios(
     model: nn.Module, count: int = 100, first_seed: int = HELDOUT_FIRST_SEED, size: int = 128, threshold: float = 0.9
 ) -> dict[str, float]:
-    """Estimates of the attention gates, averaged over heads, objects and scenes:
+    """The attention gates, measured through the product's own path (capture -> maps -> box_share),
+    over `count` held-out scenes:
 
-    decoder: for each detection above `threshold` that matches an object, the share of its query's
-    last-layer cross-attention on cells whose centre lies inside the object's box, over that chance
-    share (cells inside / all cells); encoder: the same share for the last encoder layer's
-    self-attention of the cell at the object's centre.
+    - decoder: for each detection above `threshold` matched to an object (same class, IoU >= 0.5),
+      the share of its last-layer, head-mean cross-attention inside its box, over chance (the box's
+      share of the image); the mean, and the fraction of detections at >= 3x;
+    - encoder: for each object, the share of the last encoder layer's head-mean self-attention at the
+      object's centre ("where this location looks") inside the object's box, over chance.
     """
-    model.eval()
-    captured: dict[str, tuple[Tensor, Tensor]] = {}
-
-    def hook(name: str):
-        def fn(module, args, kwargs, output):
-            captured[name] = (args[0].detach(), args[1].detach())
-
-        return fn
-
-    enc = model.transformer.encoder.layers[-1].self_attn
-    dec = model.transformer.decoder.layers[-1].multihead_attn
-    handles = [enc.register_forward_hook(hook("enc"), with_kwargs=True),
-               dec.register_forward_hook(hook("dec"), with_kwargs=True)]  # fmt: skip
+    spec = MODELS[MODEL_NAME]
     dec_ratios, enc_ratios = [], []
-    try:
-        for start in range(first_seed, first_seed + count, 50):
-            images, targets = make_batch(range(start, min(start + 50, first_seed + count)), size)
-            scores, labels, boxes = predict(model, images, batch=len(images))
-            a_enc = _attention_weights(enc, *captured["enc"]).mean(1)  # [B, HW, HW]
-            a_dec = _attention_weights(dec, *captured["dec"]).mean(1)  # [B, Q, HW]
-            h = w = -(-size // model.stride)
-            cy = (torch.arange(h, dtype=torch.float32) + 0.5) / h
-            cx = (torch.arange(w, dtype=torch.float32) + 0.5) / w
-            cy, cx = cy[:, None].expand(h, w).reshape(-1), cx[None, :].expand(h, w).reshape(-1)  # [HW]
-            for i, target in enumerate(targets):
-                gt_xyxy = box_cxcywh_to_xyxy(target["boxes"])  # [T, 4]
-                inside = ((cx[None] >= gt_xyxy[:, 0:1]) & (cx[None] < gt_xyxy[:, 2:3])
-                          & (cy[None] >= gt_xyxy[:, 1:2]) & (cy[None] < gt_xyxy[:, 3:4]))  # [T, HW]  # fmt: skip
-                chance = inside.float().mean(1)  # [T]
-                for t in range(len(target["labels"])):
-                    if chance[t] == 0:
-                        continue
-                    ox, oy = float(target["boxes"][t, 0]), float(target["boxes"][t, 1])
-                    token = min(int(oy * h), h - 1) * w + min(int(ox * w), w - 1)
-                    enc_ratios.append(float(a_enc[i, token][inside[t]].sum() / chance[t]))
-                    iou = box_iou(boxes[i], gt_xyxy[t : t + 1])[0][:, 0]  # [Q]
-                    ok = (scores[i] > threshold) & (labels[i] == target["labels"][t]) & (iou >= IOU_MATCH)
-                    for q in torch.nonzero(ok).flatten().tolist():
-                        dec_ratios.append(float(a_dec[i, q][inside[t]].sum() / chance[t]))
-    finally:
-        for handle in handles:
-            handle.remove()
+    for seed in range(first_seed, first_seed + count):
+        image, target = make_scene(seed, size)
+        analysis = capture(model, preprocess(image, model.stride, spec.min_size, spec.max_size), spec.class_names)
+        g = analysis.geometry
+        gt = box_cxcywh_to_xyxy(target["boxes"]) * torch.tensor([g.orig_w, g.orig_h, g.orig_w, g.orig_h])  # [T, 4]
+        for box in gt.tolist():
+            m = encoder_map(analysis, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, layer=-1)
+            share, chance = box_share(m.map, g, tuple(box))
+            enc_ratios.append(share / chance)
+        detections = analysis.detections(threshold)
+        if not detections:
+            continue
+        iou = box_iou(torch.tensor([d.box for d in detections]), gt)[0]  # [D, T]
+        for det, row in zip(detections, iou):
+            t = int(row.argmax())
+            if row[t] >= IOU_MATCH and det.class_id == int(target["labels"][t]):
+                share, chance = box_share(decoder_map(analysis, det.query), g, det.box)
+                dec_ratios.append(share / chance)
+    dec, enc = np.array(dec_ratios), np.array(enc_ratios)
     return {
-        "decoder_inside_box_x_chance": round(float(np.mean(dec_ratios)), 3) if dec_ratios else float("nan"),
-        "encoder_centre_inside_box_x_chance": round(float(np.mean(enc_ratios)), 3) if enc_ratios else float("nan"),
+        "decoder_inside_box_x_chance": round(float(dec.mean()), 3) if dec.size else float("nan"),
+        "decoder_at_3x_fraction": round(float((dec >= 3).mean()), 3) if dec.size else float("nan"),
+        "encoder_centre_inside_box_x_chance": round(float(enc.mean()), 3) if enc.size else float("nan"),
+        "matched_detections": int(dec.size),
     }
 
 
@@ -233,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         "precision >= 0.93": metrics["precision"] >= 0.93,
         "recall >= 0.95": metrics["recall"] >= 0.95,
     }
+    if args.attention:
+        gates["decoder attention in box >= 3x chance (mean)"] = metrics["decoder_inside_box_x_chance"] >= 3
+        gates["decoder attention in box >= 3x chance (80% of detections)"] = metrics["decoder_at_3x_fraction"] >= 0.8
+        gates["encoder attention at object centre in box >= 1.5x chance"] = (
+            metrics["encoder_centre_inside_box_x_chance"] >= 1.5
+        )
     print(json.dumps(metrics, indent=2))
     for gate, ok in gates.items():
         print(f"{'PASS' if ok else 'FAIL'}  {gate}")

@@ -73,4 +73,6 @@ def test_attention_looks_at_the_objects(model):
     """The lead's attention gates, estimated by recomputing the last layers' attention weights."""
     ratios = attention_ratios(model, count=50, first_seed=HELDOUT_FIRST_SEED, threshold=THRESHOLD)
     assert ratios["decoder_inside_box_x_chance"] >= 3.0, ratios
+    assert ratios["decoder_at_3x_fraction"] >= 0.8, ratios
+    assert ratios["matched_detections"] >= 100, ratios
     assert ratios["encoder_centre_inside_box_x_chance"] >= 1.5, ratios
