@@ -35,12 +35,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from detr_core import build_model  # noqa: E402
-from detr_core.attention import decoder_map, encoder_map  # noqa: E402
-from detr_core.capture import capture  # noqa: E402
-from detr_core.fast import optimize_for_inference  # noqa: E402
-from detr_core.image import Geometry, PreparedImage  # noqa: E402
-from detr_core.relevance import relevance  # noqa: E402
+from detr_core import build_model
+from detr_core.attention import decoder_map, encoder_map
+from detr_core.capture import capture
+from detr_core.fast import optimize_for_inference
+from detr_core.image import Geometry, PreparedImage
+from detr_core.relevance import relevance
 
 
 def timed(fn, runs: int) -> float:
@@ -61,7 +61,7 @@ def percentiles(fn, args: list) -> tuple[float, float]:
         fn(*a)
         times.append((time.perf_counter() - t0) * 1000)
     times.sort()
-    return times[len(times) // 2], times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+    return times[len(times) // 2], times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
 
 
 def hf_peer(h: int, w: int, runs: int):
@@ -93,8 +93,13 @@ def cold_start(name: str, h: int, w: int) -> float:
             f"g=Geometry({h},{w},{h},{w},{-(-h // 32)},{-(-w // 32)},32); "
             f"capture(m, PreparedImage(torch.randn(1,3,{h},{w}), g)); print(time.perf_counter()-t)"
         )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parent.parent)
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
         return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -114,10 +119,20 @@ def bench_model(name: str, h: int, w: int, runs: int, rows: list, extras: dict) 
     t_base = timed(plain, runs)
     rows.append((label, "official architecture, plain forward (baseline)", t_base))
     rows.append((label, "official architecture + full capture", timed(lambda: capture(base, prepared), runs)))
-    rows.append((label, "ours, default (exact): folded BN + channels-last + full capture",
-                 timed(lambda: capture(fast, prepared), runs)))
-    rows.append((label, "ours, fast: + bfloat16 autocast + full capture",
-                 timed(lambda: capture(fast, prepared, autocast_dtype=torch.bfloat16), runs)))
+    rows.append(
+        (
+            label,
+            "ours, default (exact): folded BN + channels-last + full capture",
+            timed(lambda: capture(fast, prepared), runs),
+        )
+    )
+    rows.append(
+        (
+            label,
+            "ours, fast: + bfloat16 autocast + full capture",
+            timed(lambda: capture(fast, prepared, autocast_dtype=torch.bfloat16), runs),
+        )
+    )
     if name == "detr_resnet50":
         t_hf = hf_peer(h, w, runs)
         if t_hf is not None:
@@ -127,9 +142,12 @@ def bench_model(name: str, h: int, w: int, runs: int, rows: list, extras: dict) 
     clicks = [(analysis, rng.uniform(0, w), rng.uniform(0, h)) for _ in range(200)]
     extras[label] = {
         "encoder map p50/p95 (ms)": percentiles(lambda a, x, y: encoder_map(a, x, y), clicks),
-        "encoder map, mean of layers p50/p95 (ms)": percentiles(lambda a, x, y: encoder_map(a, x, y, "mean"), clicks[:50]),
-        "decoder map p50/p95 (ms)": percentiles(lambda a, q: decoder_map(a, q),
-                                                [(analysis, rng.randrange(analysis.num_queries)) for _ in range(200)]),
+        "encoder map, mean of layers p50/p95 (ms)": percentiles(
+            lambda a, x, y: encoder_map(a, x, y, "mean"), clicks[:50]
+        ),
+        "decoder map p50/p95 (ms)": percentiles(
+            lambda a, q: decoder_map(a, q), [(analysis, rng.randrange(analysis.num_queries)) for _ in range(200)]
+        ),
         "relevance, one query (ms)": timed(lambda: relevance(fast, prepared, 0), 1),
         "analysis memory (MB)": analysis.nbytes() / 1e6,
         "base": t_base,
@@ -159,9 +177,13 @@ def main() -> None:
 
     cpu = platform.processor() or platform.machine()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({cpu}, {os.cpu_count()} cores)"
-    lines = [f"Machine: {device}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-             f"median of {args.runs} runs after a warm-up.", "",
-             "| model, input | what | time (ms) | x baseline |", "|---|---|---:|---:|"]
+    lines = [
+        f"Machine: {device}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"median of {args.runs} runs after a warm-up.",
+        "",
+        "| model, input | what | time (ms) | x baseline |",
+        "|---|---|---:|---:|",
+    ]
     for label, what, ms in rows:
         lines.append(f"| {label} | {what} | {ms:.0f} | {ms / extras[label]['base']:.2f} |")
     lines += ["", "| model, input | after one analysis | value |", "|---|---|---:|"]
@@ -173,8 +195,10 @@ def main() -> None:
             lines.append(f"| {label} | {what} | {value} |")
     if not args.no_cold_start:
         print("... cold start", file=sys.stderr, flush=True)
-        lines.append(f"| detr_resnet50 800x1066 | cold start: load checkpoint file + fold + first analysis (s) "
-                     f"| {cold_start('detr_resnet50', 800, 1066):.2f} |")
+        lines.append(
+            f"| detr_resnet50 800x1066 | cold start: load checkpoint file + fold + first analysis (s) "
+            f"| {cold_start('detr_resnet50', 800, 1066):.2f} |"
+        )
     table = "\n".join(lines)
     print(table)
     if args.out:

@@ -206,8 +206,9 @@ def capture(
     token = _ACTIVE.set(rec)
     try:
         x = prepared.tensor.to(device)
-        with torch.inference_mode(), torch.autocast(
-            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None),
         ):
             t0 = time.perf_counter()
             model(x)

@@ -61,16 +61,26 @@ def _safe_stem(path: Path, used: set[str]) -> str:
     return name
 
 
-def analyse_file(model, spec_name: str, path: Path, out_dir: Path, threshold: float,
-                 points: list[tuple[float, float]]) -> int:
+def analyse_file(
+    model, spec_name: str, path: Path, out_dir: Path, threshold: float, points: list[tuple[float, float]]
+) -> int:
     """Write every output for one image; returns the number of detections. Raises DETRError."""
     image = load_image(path)
     analysis = analyze(model, image, spec_name)
     detections = analysis.detections(threshold)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "detections.json").write_text(json.dumps(
-        {"image": path.name, "model": spec_name, "threshold": threshold, "size": [image.width, image.height],
-         "detections": [d.to_dict() for d in detections]}, indent=2))
+    (out_dir / "detections.json").write_text(
+        json.dumps(
+            {
+                "image": path.name,
+                "model": spec_name,
+                "threshold": threshold,
+                "size": [image.width, image.height],
+                "detections": [d.to_dict() for d in detections],
+            },
+            indent=2,
+        )
+    )
     boxed = draw_boxes(image, detections)
     boxed.save(out_dir / "boxes.png")
     for det in detections:
@@ -90,8 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="detr_resnet50", choices=sorted(MODELS), help="model of the zoo")
     parser.add_argument("--checkpoint", type=Path, help="a local checkpoint file (default: the registry's)")
     parser.add_argument("--threshold", type=float, help="keep detections above this score (default: the model's)")
-    parser.add_argument("--points", nargs="*", type=_point, default=[], metavar="X,Y",
-                        help="pixels (original image) whose encoder self-attention to draw")
+    parser.add_argument(
+        "--points",
+        nargs="*",
+        type=_point,
+        default=[],
+        metavar="X,Y",
+        help="pixels (original image) whose encoder self-attention to draw",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args(argv)

@@ -52,17 +52,21 @@ class DETRdemo(nn.Module):
         x = b.maxpool(b.relu(b.bn1(b.conv1(images))))
         x = b.layer4(b.layer3(b.layer2(b.layer1(x))))  # [B, 2048, h, w]
         h = self.conv(x)  # [B, C, h, w]
-        B, C, H, W = h.shape
-        if H > self.cfg.max_cells or W > self.cfg.max_cells:
+        B, _, H, W = h.shape
+        if self.cfg.max_cells < H or self.cfg.max_cells < W:
             raise InputSizeError(
                 f"DETRdemo's learned position embeddings cover at most {self.cfg.max_cells}x{self.cfg.max_cells} "
                 f"feature cells ({self.cfg.max_cells * self.stride} px per side); this input gives {H}x{W}. "
                 "Resize the image (the default preprocessing keeps it at most 1333 px)."
             )
-        pos = torch.cat(
-            [self.col_embed[:W].unsqueeze(0).expand(H, W, -1), self.row_embed[:H].unsqueeze(1).expand(H, W, -1)],
-            dim=-1,
-        ).flatten(0, 1).unsqueeze(1)  # [HW, 1, C]: (column half, row half) per cell, row by row
+        pos = (
+            torch.cat(
+                [self.col_embed[:W].unsqueeze(0).expand(H, W, -1), self.row_embed[:H].unsqueeze(1).expand(H, W, -1)],
+                dim=-1,
+            )
+            .flatten(0, 1)
+            .unsqueeze(1)
+        )  # [HW, 1, C]: (column half, row half) per cell, row by row
         src = pos + 0.1 * h.flatten(2).permute(2, 0, 1)  # [HW, B, C]
         tgt = self.query_pos.unsqueeze(1).expand(-1, B, -1)  # [Q, B, C]
         hs = self.transformer(src, tgt).transpose(0, 1)  # [B, Q, C]

@@ -49,9 +49,7 @@ def predict(model: nn.Module, images: Tensor, batch: int = 50) -> tuple[Tensor, 
     return torch.cat(scores), torch.cat(labels), torch.cat(boxes)
 
 
-def _match(
-    scores: Tensor, labels: Tensor, boxes: Tensor, gt_labels: Tensor, gt_boxes: Tensor
-) -> np.ndarray:
+def _match(scores: Tensor, labels: Tensor, boxes: Tensor, gt_labels: Tensor, gt_boxes: Tensor) -> np.ndarray:
     """One image: which detections (scores [D], labels [D], boxes [D, 4] xyxy) are true positives [D] bool.
 
     Greedy in order of decreasing score: a detection is a true positive when its best-overlapping

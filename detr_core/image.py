@@ -62,14 +62,16 @@ class Geometry:
     def pixel_to_cell(self, x: float, y: float) -> tuple[int, int]:
         """A point in original-image pixels -> the (row, col) of the feature cell that holds it."""
         xi, yi = self.to_input(x, y)
-        row = min(max(int(math.floor(yi / self.stride)), 0), self.feat_h - 1)
-        col = min(max(int(math.floor(xi / self.stride)), 0), self.feat_w - 1)
+        row = min(max(math.floor(yi / self.stride), 0), self.feat_h - 1)
+        col = min(max(math.floor(xi / self.stride), 0), self.feat_w - 1)
         return row, col
 
     def cell_box(self, row: int, col: int) -> tuple[float, float, float, float]:
         """The part of the image a cell covers, as (x0, y0, x1, y1) in original pixels."""
         x0, y0 = self.to_original(col * self.stride, row * self.stride)
-        x1, y1 = self.to_original(min((col + 1) * self.stride, self.input_w), min((row + 1) * self.stride, self.input_h))
+        x1, y1 = self.to_original(
+            min((col + 1) * self.stride, self.input_w), min((row + 1) * self.stride, self.input_h)
+        )
         return x0, y0, x1, y1
 
     def cell_center(self, row: int, col: int) -> tuple[float, float]:
@@ -140,7 +142,8 @@ def load_image(source: bytes | str | os.PathLike | Image.Image) -> Image.Image:
         raise ImageError(f"the image has no pixels ({w}x{h})")
     if w * h > MAX_PIXELS:
         raise ImageError(
-            f"the image is too large: {w}x{h} is {w * h / 1e6:.0f} megapixels, at most {MAX_PIXELS // 1_000_000} are accepted"
+            f"the image is too large: {w}x{h} is {w * h / 1e6:.0f} megapixels, "
+            f"at most {MAX_PIXELS // 1_000_000} are accepted"
         )
     try:
         img.seek(0)  # animated images: the first frame
@@ -158,7 +161,7 @@ def resized_size(w: int, h: int, min_size: int = 800, max_size: int | None = 133
     size = min_size
     short, long = min(w, h), max(w, h)
     if max_size is not None and long / short * size > max_size:
-        size = int(round(max_size * short / long))
+        size = round(max_size * short / long)
     if w < h:
         return size, int(size * h / w)
     return int(size * w / h), size

@@ -18,8 +18,13 @@ from .zoo import MODELS, ModelSpec
 __all__ = ["analyze", "prepare"]
 
 
-def prepare(model: nn.Module, image: Image.Image, spec: ModelSpec | str,
-            min_size: int | None = None, max_size: int | None = None) -> PreparedImage:
+def prepare(
+    model: nn.Module,
+    image: Image.Image,
+    spec: ModelSpec | str,
+    min_size: int | None = None,
+    max_size: int | None = None,
+) -> PreparedImage:
     """Resize and normalize `image` with the model's preprocessing settings (or the ones given)."""
     spec = MODELS[spec] if isinstance(spec, str) else spec
     return preprocess(image, model.stride, min_size or spec.min_size, max_size or spec.max_size)

@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .box_ops import box_cxcywh_to_xyxy
 from .image import Geometry
 
-__all__ = ["Detection", "COCO_CLASSES", "COLORS", "postprocess", "box_cxcywh_to_xyxy"]
+__all__ = ["COCO_CLASSES", "COLORS", "Detection", "postprocess"]
 
 # The 91 COCO category ids of the official checkpoints; "N/A" marks ids unused in COCO 2017.
 COCO_CLASSES = (
@@ -46,12 +47,6 @@ class Detection:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    """[..., 4] (cx, cy, w, h) -> [..., 4] (x0, y0, x1, y1), in the same units."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
 
 
 def postprocess(

@@ -87,7 +87,8 @@ def draw_cell(image: Image.Image, geometry: Geometry, row: int, col: int, colour
     """A copy of the photo with one feature cell outlined (the clicked location)."""
     out = image.convert("RGB").copy()
     x0, y0 = geometry.to_original(col * geometry.stride, row * geometry.stride)
-    x1, y1 = geometry.to_original(min((col + 1) * geometry.stride, geometry.input_w),
-                                  min((row + 1) * geometry.stride, geometry.input_h))
+    x1, y1 = geometry.to_original(
+        min((col + 1) * geometry.stride, geometry.input_w), min((row + 1) * geometry.stride, geometry.input_h)
+    )
     ImageDraw.Draw(out).rectangle((x0, y0, x1, y1), outline=colour, width=max(2, round(min(out.size) / 250)))
     return out

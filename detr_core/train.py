@@ -231,8 +231,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--drop-at", type=float, default=d.drop_at, help="fraction of the steps where lr drops tenfold")
     p.add_argument("--drop-step", type=int, default=None, help="explicit step of the lr drop (overrides --drop-at)")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="wall-time budget: the lr drops at --drop-at of it and training stops at it, if earlier")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="wall-time budget: the lr drops at --drop-at of it and training stops at it, if earlier",
+    )
     p.add_argument("--size", type=int, default=d.size, help="scene size in pixels")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="held-out evaluation period (0: never)")
@@ -240,8 +244,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=d.save_every)
     p.add_argument("--out", type=Path, default=d.out)
     p.add_argument("--resume", type=Path, default=None, help="continue from a checkpoint.pth (same data stream)")
-    p.add_argument("--start-step", type=int, default=None,
-                   help="with --resume and no optimizer.pth: the checkpoint's step (the lr warms up again)")
+    p.add_argument(
+        "--start-step",
+        type=int,
+        default=None,
+        help="with --resume and no optimizer.pth: the checkpoint's step (the lr warms up again)",
+    )
     p.add_argument("--export", type=Path, metavar="FILE", help="bundle a trained state dict instead of training")
     p.add_argument("--half", action="store_true", help="with --export: store float16")
     return p

@@ -97,8 +97,14 @@ class TransformerDecoder(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor | None, query_pos: Tensor | None,
-                memory_key_padding_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        pos: Tensor | None,
+        query_pos: Tensor | None,
+        memory_key_padding_mask: Tensor | None = None,
+    ) -> Tensor:
         """Returns every layer's output after the final norm: [L, Q, B, C]."""
         outputs = []
         for layer in self.layers:
@@ -108,8 +114,15 @@ class TransformerDecoder(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 6,
-                 num_decoder_layers: int = 6, dim_feedforward: int = 2048, dropout: float = 0.1):
+    def __init__(
+        self,
+        d_model: int = 256,
+        nhead: int = 8,
+        num_encoder_layers: int = 6,
+        num_decoder_layers: int = 6,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         self.d_model = d_model
         self.nhead = nhead
@@ -124,7 +137,9 @@ class Transformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def forward(self, src: Tensor, query_embed: Tensor, pos: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, src: Tensor, query_embed: Tensor, pos: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """src, pos [B, C, h, w]; query_embed [Q, C]; mask [B, h, w] (True = padding).
 
         Returns hs [L, B, Q, C] (each decoder layer, after the decoder norm) and memory [B, C, h, w].

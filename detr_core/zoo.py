@@ -65,28 +65,54 @@ MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         _official("detr_resnet50", "DETR R50", DETRConfig(), "detr-r50-e632da11.pth", 159, 42.0),
-        _official("detr_resnet50_dc5", "DETR R50-DC5", DETRConfig(dilation=True), "detr-r50-dc5-f0fb7ef5.pth", 159, 43.3),
+        _official(
+            "detr_resnet50_dc5", "DETR R50-DC5", DETRConfig(dilation=True), "detr-r50-dc5-f0fb7ef5.pth", 159, 43.3
+        ),
         _official("detr_resnet101", "DETR R101", DETRConfig(backbone="resnet101"), "detr-r101-2c7b67e5.pth", 232, 43.5),
         _official(
-            "detr_resnet101_dc5", "DETR R101-DC5", DETRConfig(backbone="resnet101", dilation=True),
-            "detr-r101-dc5-a2e86def.pth", 232, 44.9,
+            "detr_resnet101_dc5",
+            "DETR R101-DC5",
+            DETRConfig(backbone="resnet101", dilation=True),
+            "detr-r101-dc5-a2e86def.pth",
+            232,
+            44.9,
         ),
         ModelSpec(
-            "detr_demo", "DETRdemo (paper appendix)", DETRDemoConfig(),
-            CheckpointInfo("detr_demo-da2a99e9.pth", _BASE_URL + "detr_demo-da2a99e9.pth", 79, state_dict_key=None, half=True),
-            None, builder=DETRdemo, notes="The paper's minimal listing; learned positions limit it to 50x50 feature cells.",
+            "detr_demo",
+            "DETRdemo (paper appendix)",
+            DETRDemoConfig(),
+            CheckpointInfo(
+                "detr_demo-da2a99e9.pth", _BASE_URL + "detr_demo-da2a99e9.pth", 79, state_dict_key=None, half=True
+            ),
+            None,
+            builder=DETRdemo,
+            notes="The paper's minimal listing; learned positions limit it to 50x50 feature cells.",
         ),
         ModelSpec(
-            "detr_shapes", "DETR shapes (bundled, trained by this project)",
+            "detr_shapes",
+            "DETR shapes (bundled, trained by this project)",
             DETRConfig(
-                backbone="small", small_backbone=SmallBackboneConfig(), hidden_dim=128, nheads=8, enc_layers=3,
-                dec_layers=3, dim_feedforward=512, dropout=0.0, num_queries=20, num_classes=len(SHAPES_CLASSES),
+                backbone="small",
+                small_backbone=SmallBackboneConfig(),
+                hidden_dim=128,
+                nheads=8,
+                enc_layers=3,
+                dec_layers=3,
+                dim_feedforward=512,
+                dropout=0.0,
+                num_queries=20,
+                num_classes=len(SHAPES_CLASSES),
             ),
             CheckpointInfo("detr_shapes-7870b3a2.pth", None, 4.3, state_dict_key=None, half=True),
-            None, class_names=SHAPES_CLASSES, min_size=128, max_size=1333, bundled=True, default_threshold=0.8,
+            None,
+            class_names=SHAPES_CLASSES,
+            min_size=128,
+            max_size=1333,
+            bundled=True,
+            default_threshold=0.8,
             notes="Trained on synthetic scenes of shapes; see detr_core/weights/MODEL_CARD.md.",
         ),
-    )  # fmt: skip
+    )
 }
 
 
