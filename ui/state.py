@@ -255,10 +255,21 @@ def keep_valid(key: str, options: Sequence, default) -> None:
         st.session_state[key] = default
 
 
+# Sidebar widgets whose value the server re-sends on every run (see persist_page_widgets).
+PINNED_SIDEBAR_KEYS = ("w_model", "w_source", "w_threshold", "w_scene", "w_sample")
+
+
 def persist_page_widgets() -> None:
-    """Keep page widgets' values when their page is not shown (Streamlit drops unrendered widgets)."""
+    """Keep page widgets' values when their page is not shown (Streamlit drops unrendered widgets).
+
+    The sidebar's session-initialized widgets are pinned the same way: their value is then sent to
+    the browser with every run. Without it, a browser that lost a widget's value (seen under load:
+    a busy server, several sessions at once) sent back the widget's default instead, the model
+    picker's first entry, DETR R50: the session switched model by itself, tried a 159 MB download,
+    and lost its image source to the fallback.
+    """
     for key in list(st.session_state.keys()):
-        if isinstance(key, str) and key.startswith("p_"):
+        if isinstance(key, str) and (key.startswith("p_") or key in PINNED_SIDEBAR_KEYS):
             st.session_state[key] = st.session_state[key]
 
 

@@ -1,0 +1,238 @@
+"""A corpus of hostile and odd image files, generated in code (no binary blobs in the repository).
+
+Each `Case` is what a phone or a prankster might upload: its bytes, the file name it arrives under,
+and what must happen to it. Either the analysis succeeds (and the upright image has `size`), or the
+core refuses it with a `DETRError` whose message contains `message`. Nothing else is acceptable: no
+other exception type, no crash, no code run, no unbounded memory.
+
+`corpus()` builds every case (about a second; the 6000x4000 JPEG is the slowest part), and
+`write_corpus(folder)` writes them to files for the CLI and the browser.
+
+The file is imported by tests and by benchmarks/load_test.py; it is not a test module itself.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "samples"
+EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str  # short id, also the file's stem
+    filename: str  # the name it is uploaded under (the extension may lie)
+    data: bytes
+    ok: bool  # True: analysed; False: refused with a DETRError
+    size: tuple[int, int] | None = None  # (w, h) of the upright image, when ok
+    message: str = ""  # part of the error message, when refused
+    why: str = ""
+    # The RGB picture the analysis must equal, built without the code under test (None: not checked)
+    reference: Callable[[], Image.Image] | None = None
+
+    def __repr__(self) -> str:  # keep pytest ids and failure output short
+        return f"Case({self.name!r}, {len(self.data)} bytes, ok={self.ok})"
+
+
+# ------------------------------------------------------------------------------------------------
+# builders
+
+
+def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A valid-looking PNG whose header claims width x height 8-bit RGB pixels: 30 GB once decoded.
+
+    Its IDAT holds the first rows, zlib-compressed zeros, so the whole file is a few hundred bytes.
+    """
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    idat = zlib.compress(b"\0" * (3 * width + 1) * 4, 9)  # 4 rows of filter byte 0 + black pixels
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def ztxt_bomb() -> bytes:
+    """A small, valid PNG carrying a compressed text chunk that inflates to 16 MB (a zlib bomb in metadata)."""
+    png = encode(Image.new("RGB", (16, 16), (40, 90, 200)), "PNG")
+    text = png_chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"A" * (16 << 20), 9))
+    return png[:33] + text + png[33:]  # after the 8-byte signature and the 25-byte IHDR chunk
+
+
+@cache
+def sample_bytes(name: str) -> bytes:
+    return (SAMPLES_DIR / name).read_bytes()
+
+
+def small_photo(max_side: int = 96) -> Image.Image:
+    """A real photo, shrunk (the base of the mutated files the fuzzer starts from)."""
+    img = Image.open(io.BytesIO(sample_bytes("coffee.png"))).convert("RGB")
+    img.thumbnail((max_side, max_side))
+    return img
+
+
+def gradient(width: int, height: int) -> Image.Image:
+    """A smooth colour gradient, generated fast with numpy (compresses well; decodes to w*h*3 bytes)."""
+    x = np.linspace(0, 255, width).astype(np.uint16)[None, :]
+    y = np.linspace(0, 255, height).astype(np.uint16)[:, None]
+    rgb = np.empty((height, width, 3), dtype=np.uint8)
+    rgb[..., 0] = x
+    rgb[..., 1] = y
+    rgb[..., 2] = (x + y) >> 1
+    return Image.fromarray(rgb, "RGB")
+
+
+def exif_jpeg(stored: Image.Image, orientation: int, quality: int = 95) -> bytes:
+    """`stored` as a JPEG tagged with an EXIF orientation (what a phone held sideways writes)."""
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    return encode(stored, "JPEG", quality=quality, exif=exif)
+
+
+def as_stored_for_orientation(upright: Image.Image, orientation: int) -> Image.Image:
+    """The pixels a camera stores for an `upright` picture whose EXIF says `orientation` (6 or 8).
+
+    Orientation 6: the viewer must turn the stored pixels 90 degrees clockwise, so the camera stored
+    the upright picture turned 90 degrees anticlockwise; 8 is the other way round.
+    """
+    if orientation == 6:
+        return upright.transpose(Image.Transpose.ROTATE_90)  # anticlockwise
+    if orientation == 8:
+        return upright.transpose(Image.Transpose.ROTATE_270)  # clockwise
+    raise ValueError(f"orientation {orientation} is not a quarter turn")
+
+
+def eps_file() -> bytes:
+    """An Encapsulated PostScript file. PIL reads EPS by running Ghostscript on it: never on a server."""
+    return (
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\n%%EndComments\n"
+        b"newpath 0 0 moveto 32 0 lineto 32 32 lineto closepath fill\nshowpage\n%%EOF\n"
+    )
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("RGB", (64, 48), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=80, loop=0)
+
+
+def palette_png_with_transparency() -> bytes:
+    img = Image.new("P", (64, 40), 0)
+    img.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    img.paste(1, (0, 0, 32, 40))
+    return encode(img, "PNG", transparency=0)
+
+
+def gray16_png() -> bytes:
+    ramp = (np.arange(80 * 60, dtype=np.uint32).reshape(60, 80) * 13 % 65536).astype(np.uint16)
+    img = Image.fromarray(ramp)  # uint16 -> mode I;16
+    return encode(img, "PNG")
+
+
+def decoded(data: bytes) -> Image.Image:
+    """PIL's own reading of `data`: its stored pixels as a fresh RGB image (no EXIF, no metadata)."""
+    return Image.fromarray(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+
+
+def turned_clockwise(data: bytes) -> Image.Image:
+    return decoded(data).transpose(Image.Transpose.ROTATE_270)
+
+
+def turned_anticlockwise(data: bytes) -> Image.Image:
+    return decoded(data).transpose(Image.Transpose.ROTATE_90)
+
+
+def palette_reference() -> Image.Image:
+    """What `palette_png_with_transparency` shows: blue left half, the transparent red right half on white."""
+    img = Image.new("RGB", (64, 40), (255, 255, 255))
+    img.paste((0, 0, 255), (0, 0, 32, 40))
+    return img
+
+
+def cmyk_jpeg() -> bytes:
+    return encode(small_photo(120).convert("CMYK"), "JPEG", quality=90)
+
+
+# ------------------------------------------------------------------------------------------------
+# the corpus
+
+
+def corpus(include_huge: bool = True) -> list[Case]:
+    """Every hostile or odd file, with what must happen to it."""
+    photo = small_photo(120)
+    jpeg = sample_bytes("grace_hopper.jpg")
+    png = sample_bytes("coffee.png")
+    sideways = gradient(300, 200)
+    exif6, exif8 = exif_jpeg(sideways, 6), exif_jpeg(sideways, 8)
+    photo_png, photo_jpeg = encode(photo, "PNG"), encode(photo, "JPEG", quality=90)
+    cases = [
+        Case("empty", "empty.jpg", b"", False, message="empty", why="zero bytes"),
+        Case("text", "notes.jpg", b"shopping list: milk, eggs\n" * 20, False, message="not an image",
+             why="a text file renamed .jpg"),
+        Case("truncated_jpeg", "cut_jpeg.jpg", jpeg[: len(jpeg) // 2], False, message="truncated",
+             why="a real JPEG cut in half"),
+        Case("truncated_png", "cut_png.png", png[: len(png) // 2], False, message="truncated",
+             why="a real PNG cut in half"),
+        Case("png_bomb", "bomb.png", png_bomb(), False, message="too large",
+             why="a header claiming 100000x100000 pixels (30 GB decoded) in a few hundred bytes"),
+        Case("ztxt_bomb", "text_bomb.png", ztxt_bomb(), False, message="corrupt",
+             why="a 16 MB zlib bomb in a text chunk: PIL stops inflating at 1 MB and the file is refused"),
+        Case("eps", "drawing.jpg", eps_file(), False, message="not an image",
+             why="PostScript: PIL would run Ghostscript on it, so it must not even be opened"),
+        Case("one_pixel", "dot.png", encode(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG"), True, (1, 1),
+             why="a 1x1 image (resized up to the model's short side)",
+             reference=lambda: Image.new("RGB", (1, 1), (200, 30, 30))),
+        Case("strip", "strip.png", encode(gradient(10_000, 10), "PNG"), False, message="too narrow",
+             why="10000x10: its short side would be less than one feature cell"),
+        Case("gray16", "gray16.png", gray16_png(), True, (80, 60), why="16-bit grayscale PNG"),
+        Case("cmyk", "cmyk.jpg", cmyk_jpeg(), True, photo.size, why="a CMYK JPEG (print workflows)"),
+        Case("palette_alpha", "palette.png", palette_png_with_transparency(), True, (64, 40),
+             why="palette PNG with a transparent index", reference=palette_reference),
+        Case("animated", "anim.gif", animated_gif(), True, (64, 48), why="animated GIF: its first frame",
+             reference=lambda: Image.new("RGB", (64, 48), (255, 0, 0))),
+        Case("exif6", "sideways6.jpg", exif6, True, (200, 300),
+             why="stored 300x200, EXIF orientation 6: shown upright as 200x300",
+             reference=lambda: turned_clockwise(exif6)),
+        Case("exif8", "sideways8.jpg", exif8, True, (200, 300),
+             why="stored 300x200, EXIF orientation 8: shown upright as 200x300",
+             reference=lambda: turned_anticlockwise(exif8)),
+        Case("png_named_jpg", "photo.jpg", photo_png, True, photo.size,
+             why="a valid PNG under a .jpg name: the content decides, not the name", reference=lambda: photo),
+        Case("jpeg_named_txt", "snapshot.txt", photo_jpeg, True, photo.size,
+             why="a valid JPEG under a .txt name", reference=lambda: decoded(photo_jpeg)),
+    ]  # fmt: skip
+    if include_huge:
+        huge = encode(gradient(6000, 4000), "JPEG", quality=85)
+        cases.append(
+            Case("huge_jpeg", "huge.jpg", huge, True, (6000, 4000),
+                 why="6000x4000 (24 megapixels), legal: below the 40-megapixel limit",
+                 reference=lambda: decoded(huge))
+        )  # fmt: skip
+    return cases
+
+
+def write_corpus(folder: Path, cases: list[Case] | None = None) -> dict[str, Path]:
+    """Write each case to `folder/<filename>` (file names are unique) -> {case name: path}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for case in cases if cases is not None else corpus():
+        path = folder / case.filename
+        assert not path.exists(), f"two cases write {path.name}"
+        path.write_bytes(case.data)
+        paths[case.name] = path
+    return paths
