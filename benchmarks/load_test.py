@@ -341,7 +341,7 @@ class Session:
         await radio.click()
         await _idle(self.page)
 
-    async def upload(self, picture: Picture, check_download: bool = True) -> None:
+    async def upload(self, picture: Picture, check_download: bool = True, action: str = "upload+analysis") -> None:
         """Upload `picture` on the Detect page and check what the page and its JSON download say."""
         from playwright.async_api import expect
 
@@ -353,7 +353,7 @@ class Session:
             await expect(page.get_by_text(re.compile(re.escape(f" on {name} · ")))).to_be_visible()
             await _idle(page)
 
-        await self.timed("upload+analysis", go())
+        await self.timed(action, go())
         n = len(picture.detections)
         ok = True
         if n:
@@ -628,7 +628,7 @@ async def _soak(browser, url: str, pictures: list[Picture], server: Server, repo
         await s.open()
         await s.choose_upload()
         for i, picture in enumerate(pictures):
-            await s.upload(picture, check_download=i % 20 == 0)  # every 20th also checks the JSON
+            await s.upload(picture, check_download=i % 20 == 0, action="soak upload")  # every 20th: the JSON too
             report.soak_rss_curve_mb.append(round(server.rss_mb(), 1))
             if i + 1 == min(WARMUP_UPLOADS, len(pictures)):
                 report.soak_rss_after_warmup_mb = report.soak_rss_curve_mb[-1]
