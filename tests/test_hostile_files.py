@@ -345,8 +345,11 @@ sizes = st.one_of(
 
 
 @FUZZ
-@given(size=sizes, fmt=st.sampled_from(["PNG", "JPEG", "GIF", "BMP"]),
-       setting=st.sampled_from([(32, 800, 1333), (16, 128, 1333), (32, 64, 64), (16, 1600, 2666)]))
+@given(
+    size=sizes,
+    fmt=st.sampled_from(["PNG", "JPEG", "GIF", "BMP"]),
+    setting=st.sampled_from([(32, 800, 1333), (16, 128, 1333), (32, 64, 64), (16, 1600, 2666)]),
+)
 @example(size=(10_000, 10), fmt="PNG", setting=(32, 800, 1333))
 @example(size=(1, 1), fmt="PNG", setting=(32, 800, 1333))
 @example(size=(40_000, 1), fmt="PNG", setting=(16, 128, 1333))
