@@ -8,6 +8,12 @@ computes any row or column exactly: each layer's projected, scaled queries and k
 the log-sum-exp of every row. Row i of a head's map is exp(q_i . K^T - lse_i); column j is
 exp(Q . k_j - lse); both equal softmax(QK^T / sqrt(d_head)) to float rounding.
 
+Cost: the project's own transformer (detr_core.transformer.MultiheadAttention) hands its
+projected queries and keys and the fused kernel's row log-sum-exp to a probe submodule, so the
+hooks only keep references: nothing is computed twice. Any other `nn.MultiheadAttention` (the
+`nn.Transformer` of `DETRdemo`) is hooked as a whole; its hook projects queries and keys again and
+gets the log-sum-exp from the same fused kernel.
+
 Thread safety: one model is shared by every user of the dashboard. Hooks registered by one capture
 fire in every thread that runs the model, so each hook records only when its own capture is the
 one active in the current thread (a ContextVar). Hooks are removed in a `finally`.
@@ -27,6 +33,7 @@ from torch import Tensor, nn
 from .errors import DETRError
 from .image import Geometry, PreparedImage
 from .postprocess import COCO_CLASSES, Detection, postprocess
+from .transformer import _FLASH_CPU, AttentionProbe
 
 __all__ = ["Analysis", "CaptureError", "attention_modules", "capture"]
 
@@ -116,28 +123,35 @@ def attention_modules(model: nn.Module) -> dict[str, list[nn.MultiheadAttention]
 
 
 def _project_qk(mha: nn.MultiheadAttention, query: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
-    """The module's own query/key projections, split into heads: [nh, T, d] each, q scaled by 1/sqrt(d)."""
+    """The module's own query/key projections, split into heads: [1, nh, T, d] each (not scaled)."""
     if not mha._qkv_same_embed_dim:
         raise CaptureError("nn.MultiheadAttention with separate q/k/v projection weights is not supported")
     E, nh = mha.embed_dim, mha.num_heads
-    d = E // nh
     if mha.batch_first:
         query, key = query.transpose(0, 1), key.transpose(0, 1)
-    if query.shape[1] != 1:
-        raise CaptureError(f"capture analyses one image at a time; got a batch of {query.shape[1]}")
     w, b = mha.in_proj_weight, mha.in_proj_bias
-    q = F.linear(query[:, 0], w[:E], None if b is None else b[:E])  # [T_q, E]
-    k = F.linear(key[:, 0], w[E : 2 * E], None if b is None else b[E : 2 * E])  # [T_k, E]
-    q = q.view(-1, nh, d).transpose(0, 1).float() / math.sqrt(d)  # [nh, T_q, d]
-    k = k.view(-1, nh, d).transpose(0, 1).float()  # [nh, T_k, d]
-    return q, k
+    q = F.linear(query, w[:E], None if b is None else b[:E])  # [T_q, B, E]
+    k = F.linear(key, w[E : 2 * E], None if b is None else b[E : 2 * E])  # [T_k, B, E]
+    return tuple(t.view(t.shape[0], t.shape[1], nh, E // nh).permute(1, 2, 0, 3) for t in (q, k))
+
+
+def _row_logsumexp(q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor:
+    """Log-sum-exp of each row of q k^T (q already scaled): q [nh, T_q, d], k [nh, T_k, d] -> [nh, T_q].
+    On the CPU the fused flash kernel gives it without materialising the [nh, T_q, T_k] logits."""
+    if _FLASH_CPU is not None and q.device.type == "cpu" and mask is None:
+        return _FLASH_CPU(q[None], k[None], k[None], scale=1.0)[1][0]
+    logits = q @ k.transpose(1, 2)  # [nh, T_q, T_k]
+    if mask is not None:
+        logits = logits.masked_fill(mask[0].view(1, 1, -1).bool(), float("-inf"))
+    return logits.logsumexp(-1)
 
 
 class _Recorder:
     """Collects what the hooks see during one forward pass in one thread."""
 
     def __init__(self, roles: dict[str, list[nn.MultiheadAttention]]):
-        self.index = {id(m): (role, i) for role, mods in roles.items() for i, m in enumerate(mods)}
+        # id of each hooked module (the attention, or its probe) -> (role, layer index)
+        self.index = {id(getattr(m, "probe", m)): (role, i) for role, mods in roles.items() for i, m in enumerate(mods)}
         self.enc: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         self.dec_self: dict[int, Tensor] = {}
         self.cross: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
@@ -145,6 +159,7 @@ class _Recorder:
         self.feature_shape: tuple[int, ...] | None = None
 
     def attention_hook(self, module: nn.MultiheadAttention, args: tuple, *kwargs_and_output) -> None:
+        """Forward hook on a plain nn.MultiheadAttention: project q and k again from its inputs."""
         # Another thread's capture (or none) is not ours to record. Checked first, before reading the
         # arguments: while another thread registers a with_kwargs hook, torch can briefly call it
         # without kwargs (the hook is in `_forward_hooks` before `_forward_hooks_with_kwargs`).
@@ -157,15 +172,28 @@ class _Recorder:
         if kwargs.get("attn_mask", args[5] if len(args) > 5 else None) is not None:
             raise CaptureError("attention masks (attn_mask) are not supported by the capture layer")
         q, k = _project_qk(module, query, key)
-        logits = q @ k.transpose(1, 2)  # [nh, T_q, T_k]
-        if mask is not None:
-            logits = logits.masked_fill(mask[0].view(1, 1, -1).bool(), float("-inf"))
-        role, i = self.index[id(module)]
+        self.record(id(module), q, k, None, mask)
+
+    def probe_hook(self, probe: nn.Module, args: tuple, output: None) -> None:
+        """Forward hook on a detr_core.transformer.AttentionProbe: the attention's own q, k and lse."""
+        if _ACTIVE.get() is self:
+            self.record(id(probe), *args)
+
+    def record(self, module_id: int, q: Tensor, k: Tensor, lse: Tensor | None, mask: Tensor | None) -> None:
+        """q, k [B, nh, T, d] as projected (not scaled); lse [B, nh, T_q] of the scaled logits, or None."""
+        if q.shape[0] != 1:
+            raise CaptureError(f"capture analyses one image at a time; got a batch of {q.shape[0]}")
+        q = q[0].float() / math.sqrt(q.shape[-1])  # [nh, T_q, d]
+        k = k[0].float()  # [nh, T_k, d]
+        role, i = self.index[module_id]
         if role == "decoder_self":
-            self.dec_self[i] = logits.softmax(-1)  # [nh, Q, Q]
-        else:
-            lse = logits.logsumexp(-1)  # [nh, T_q]
-            (self.enc if role == "encoder" else self.cross)[i] = (q, k, lse)
+            logits = q @ k.transpose(1, 2)  # [nh, Q, Q]: small, kept whole
+            if mask is not None:
+                logits = logits.masked_fill(mask[0].view(1, 1, -1).bool(), float("-inf"))
+            self.dec_self[i] = logits.softmax(-1)
+            return
+        lse = _row_logsumexp(q, k, mask) if lse is None else lse[0].float()  # [nh, T_q]
+        (self.enc if role == "encoder" else self.cross)[i] = (q, k, lse)
 
     def decoder_layer_hook(self, module: nn.Module, args: tuple, output: Tensor) -> None:
         if _ACTIVE.get() is self:
@@ -199,7 +227,12 @@ def capture(
     roles = attention_modules(model)
     decoder = _decoder(model)
     rec = _Recorder(roles)
-    handles = [m.register_forward_hook(rec.attention_hook, with_kwargs=True) for mods in roles.values() for m in mods]
+    handles = []
+    for m in (m for mods in roles.values() for m in mods):
+        if isinstance(getattr(m, "probe", None), AttentionProbe):
+            handles.append(m.probe.register_forward_hook(rec.probe_hook))
+        else:
+            handles.append(m.register_forward_hook(rec.attention_hook, with_kwargs=True))
     handles += [layer.register_forward_hook(rec.decoder_layer_hook) for layer in decoder.layers]
     handles.append(model.input_projection.register_forward_pre_hook(rec.projection_pre_hook))
     device = next(model.parameters()).device

@@ -3,8 +3,11 @@ queries and keys of every attention (never to the values).
 
 Token layout follows the official code: sequence first, [HW, B, C] for the image tokens (the
 feature map flattened row by row, token = row * w + col) and [Q, B, C] for the object queries.
-Attention is `nn.MultiheadAttention`, so the parameter names are those of the official checkpoints
-(`self_attn`, `multihead_attn`, `in_proj_weight`, ...) and the capture layer can hook it.
+Attention is a subclass of `nn.MultiheadAttention`, so the parameter names are those of the official
+checkpoints (`self_attn`, `multihead_attn`, `in_proj_weight`, ...). It computes the same function with
+each projection done once and shows its projected queries and keys, and on the CPU the log-sum-exp
+of every attention row that the fused kernel computes anyway, to an `AttentionProbe` submodule: the
+capture layer hooks the probe and records every attention map at no extra cost.
 """
 
 from __future__ import annotations
@@ -13,7 +16,75 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Transformer", "TransformerEncoderLayer", "TransformerDecoderLayer"]
+__all__ = ["AttentionProbe", "MultiheadAttention", "Transformer", "TransformerEncoderLayer", "TransformerDecoderLayer"]
+
+# The CPU flash-attention kernel behind F.scaled_dot_product_attention; it also returns the row
+# log-sum-exp of the scaled logits. Private in torch, so looked up once and optional.
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+class AttentionProbe(nn.Module):
+    """Identity point that receives an attention's internals, for forward hooks (no parameters).
+
+    Called once per attention forward with q, k [B, nh, T, d] (projected, not yet scaled), lse
+    [B, nh, T_q] (log-sum-exp of each row of q k^T / sqrt(d), or None where the kernel used does not
+    give it) and key_padding_mask [B, T_k] or None. Returns nothing; costs nothing unhooked.
+    """
+
+    def forward(self, q: Tensor, k: Tensor, lse: Tensor | None, key_padding_mask: Tensor | None) -> None:
+        return None
+
+
+class MultiheadAttention(nn.MultiheadAttention):
+    """`nn.MultiheadAttention` (same parameters, same outputs) with an `AttentionProbe`.
+
+    The probed path covers what DETR uses: sequence-first inputs, packed in_proj weights, an
+    optional key padding mask, need_weights=False. Anything else is the parent's forward, unprobed.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__(embed_dim, num_heads, dropout=dropout)
+        self.probe = AttentionProbe()
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """query [T_q, B, E], key and value [T_k, B, E] -> ([T_q, B, E], None)."""
+        if need_weights or attn_mask is not None or is_causal or query.dim() != 3:
+            return super().forward(
+                query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
+            )
+        E, nh = self.embed_dim, self.num_heads
+        T_q, B, _ = query.shape
+        w, b = self.in_proj_weight, self.in_proj_bias
+        if query is key:  # self-attention: queries and keys from one input, one matmul
+            q, k = F.linear(query, w[: 2 * E], b[: 2 * E]).chunk(2, dim=-1)  # [T_q, B, E] each
+        else:
+            q, k = F.linear(query, w[:E], b[:E]), F.linear(key, w[E : 2 * E], b[E : 2 * E])
+        v = F.linear(value, w[2 * E :], b[2 * E :])  # [T_k, B, E]
+        q, k, v = (t.view(t.shape[0], B, nh, E // nh).permute(1, 2, 0, 3) for t in (q, k, v))  # [B, nh, T, d]
+        mask = None
+        if key_padding_mask is not None:  # True = padding -> -inf logits: [B, 1, 1, T_k]
+            mask = torch.zeros(key_padding_mask.shape, dtype=q.dtype, device=q.device)
+            mask = mask.masked_fill(key_padding_mask.bool(), float("-inf"))[:, None, None, :]
+        dropout = self.dropout if self.training else 0.0
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        lse = None
+        if _FLASH_CPU is not None and q.device.type == "cpu" and mask is None and dropout == 0.0 and not needs_grad:
+            out, lse = _FLASH_CPU(q, k, v)  # [B, nh, T_q, d], [B, nh, T_q]
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        self.probe(q, k, lse, key_padding_mask)
+        out = out.permute(2, 0, 1, 3).reshape(T_q, B, E)  # [B, nh, T_q, d] -> [T_q, B, E]
+        return self.out_proj(out), None
 
 
 def _with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
@@ -23,7 +94,7 @@ def _with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
 class TransformerEncoderLayer(nn.Module):
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
@@ -44,8 +115,8 @@ class TransformerEncoderLayer(nn.Module):
 class TransformerDecoderLayer(nn.Module):
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.multihead_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import pickle
 import threading
@@ -175,3 +176,59 @@ def test_analysis_of_800x1333_fits_in_48_mb(zoo_model):
     assert a.enc_q.shape[2] == 25 * 42
     assert a.nbytes() <= 48e6, a.nbytes()
     assert len(pickle.dumps(a)) <= 48e6  # what st.cache_data stores per image
+
+
+def _stock_attention_copy(model: nn.Module) -> nn.Module:
+    """The same model with every project MultiheadAttention swapped for a plain nn.MultiheadAttention
+    holding the same weights (no probe: the capture then hooks the module and recomputes q and k)."""
+    from detr_core.transformer import MultiheadAttention
+
+    clone = copy.deepcopy(model)
+    for parent in list(clone.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, MultiheadAttention):
+                stock = nn.MultiheadAttention(child.embed_dim, child.num_heads, dropout=child.dropout)
+                stock.load_state_dict(child.state_dict())
+                setattr(parent, name, stock.train(child.training))
+    return clone
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+def test_probed_attention_computes_what_nn_multiheadattention_computes(masked, grad):
+    from detr_core.transformer import MultiheadAttention
+
+    torch.manual_seed(0)
+    ours = MultiheadAttention(64, 4).eval()
+    stock = nn.MultiheadAttention(64, 4).eval()
+    stock.load_state_dict(ours.state_dict())
+    assert list(ours.state_dict()) == list(stock.state_dict())  # the official parameter names
+    x, mem = torch.randn(13, 2, 64), torch.randn(21, 2, 64)
+    mask = torch.zeros(2, 21, dtype=torch.bool)
+    if masked:
+        mask[1, 15:] = True
+    with torch.set_grad_enabled(grad):
+        for q, k, v in ((x, x, mem[:13]), (x, mem, mem)):  # self-attention (query is key), cross-attention
+            m = mask[:, : k.shape[0]] if masked else None
+            expected = stock(q, k, v, key_padding_mask=m, need_weights=False)[0]
+            torch.testing.assert_close(ours(q, k, v, key_padding_mask=m, need_weights=False)[0], expected,
+                                       atol=1e-6, rtol=0)  # fmt: skip
+            got, weights = ours(q, k, v, key_padding_mask=m)  # need_weights: the parent's path, unprobed
+            torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+            assert weights.shape == (2, q.shape[0], k.shape[0])
+
+
+def test_probed_and_recomputed_captures_agree(zoo_model):
+    """The probe path (q, k and lse handed over by the attention) records what hooking a plain
+    nn.MultiheadAttention and recomputing records, and the probe's model still gives its outputs."""
+    model = zoo_model("detr_shapes")
+    stock = _stock_attention_copy(model)
+    assert not any(hasattr(m, "probe") for m in stock.modules())
+    prepared = preprocess(make_scene(5, 128)[0], model.stride, 128, 128)
+    a, b = capture(model, prepared), capture(stock, prepared)
+    for name in ("enc_q", "enc_k", "enc_lse", "dec_self", "cross_q", "cross_k", "cross_lse", "pred_logits"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=2e-5, rtol=0, msg=name)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(prepared.tensor)["pred_logits"], stock(prepared.tensor)["pred_logits"],
+                                   atol=2e-5, rtol=0)  # fmt: skip
+    assert _hook_count(model) == _hook_count(stock) == 0
