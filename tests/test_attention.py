@@ -10,7 +10,7 @@ import torch
 from detr_core.attention import LOOKED_AT, LOOKS, decoder_map, encoder_map, rollout, rollout_vector
 from detr_core.capture import Analysis, capture
 from detr_core.image import Geometry, preprocess
-from detr_core.relevance import relevance
+from detr_core.relevance import _normalize_residual, propagate, relevance
 from detr_core.stats import box_share, mean_attention_distance, normalized_entropy
 from detr_core.synthetic import make_scene
 
@@ -153,3 +153,37 @@ def test_relevance_is_finite_non_negative_and_per_query(zoo_model):
     assert all(p.grad is None for p in model.parameters())
     a = capture(model, prepared)  # the model is left as it was
     assert a.pred_logits.shape[1] == 20
+
+
+def _dense_relevance(cams: list[tuple[str, torch.Tensor]], query: int) -> torch.Tensor:
+    """Chefer et al.'s update rules as written, with the full R_ii: the reference for `propagate`."""
+    n_img = cams[0][1].shape[0]
+    n_q = next(c.shape[0] for role, c in cams if role != "encoder")
+    r_ii, r_qq = torch.eye(n_img, dtype=torch.float64), torch.eye(n_q, dtype=torch.float64)
+    r_qi = torch.zeros(n_q, n_img, dtype=torch.float64)
+    for role, cam in cams:
+        if role == "encoder":
+            r_ii = r_ii + cam @ r_ii
+        elif role == "decoder_self":
+            r_qq, r_qi = r_qq + cam @ r_qq, r_qi + cam @ r_qi
+        else:
+            r_qi = r_qi + _normalize_residual(r_qq).T @ cam @ _normalize_residual(r_ii)
+    return r_qi[query]
+
+
+def test_relevance_propagation_equals_the_full_matrix_products():
+    """`propagate` never forms R_ii; it must give row q of the dense computation."""
+    gen = torch.Generator().manual_seed(0)
+    n_img, n_q = 30, 7
+
+    def cam(rows: int, cols: int, zero_rows: int = 0) -> torch.Tensor:
+        c = torch.rand(rows, cols, generator=gen, dtype=torch.float64) * (torch.rand(rows, cols, generator=gen) > 0.5)
+        c[:zero_rows] = 0  # rows with no relevance at all (their normalisation divides by nothing)
+        return c / n_img
+
+    cams = [("encoder", cam(n_img, n_img, zero_rows=3)) for _ in range(3)]
+    for _ in range(2):
+        cams += [("decoder_self", cam(n_q, n_q)), ("cross", cam(n_q, n_img))]
+    for q in (0, 4, 6):
+        torch.testing.assert_close(propagate(cams, q), _dense_relevance(cams, q), atol=1e-12, rtol=1e-10)
+    assert not torch.allclose(propagate(cams, 0), propagate(cams, 4))
