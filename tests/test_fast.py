@@ -3,6 +3,8 @@ same detections above the threshold as float32."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -63,3 +65,36 @@ def test_fast_mode_finds_the_same_detections(samples_dir):
             assert a.box == pytest.approx(b.box, abs=0.03 * max(image.size))
         compared += len(exact)
     assert compared >= 12  # the scenes really have objects to agree on
+
+
+@pytest.mark.parametrize("name", ["detr_resnet50", "detr_demo", "detr_shapes"])
+def test_fused_relus_give_the_folded_models_numbers(name):
+    """fuse_relu changes where max(., 0) and the shortcut addition run, not what they compute: the
+    fused backbone equals the merely folded one, through the oneDNN path and through the fallback."""
+    from detr_core.fast import ConvReLU, FusedBottleneck, _fusable, fuse_relu
+
+    torch.manual_seed(0)
+    folded = MODELS[name].builder(MODELS[name].config).eval().requires_grad_(False)
+    fold_batchnorm(folded.backbone)
+    fused = copy.deepcopy(folded)
+    n = fuse_relu(fused.backbone)
+    expected_count = {"detr_resnet50": 16 * 3 + 1, "detr_demo": 16 * 3 + 1, "detr_shapes": 7}[name]
+    assert n == expected_count
+    assert sum(isinstance(m, FusedBottleneck) for m in fused.modules()) == (16 if name != "detr_shapes" else 0)
+    assert not any(isinstance(m, torch.nn.ReLU) for m in fused.backbone.modules() if not isinstance(m, FusedBottleneck))
+    assert sum(isinstance(m, ConvReLU) for m in fused.modules()) == (1 if name != "detr_shapes" else 7)
+    for m in (folded, fused):
+        m.backbone.to(memory_format=torch.channels_last)  # as optimize_for_inference serves it
+    x = torch.randn(1, 3, 96, 128)
+    body = (lambda m: m.backbone) if name == "detr_demo" else (lambda m: m.backbone[0])
+    with torch.inference_mode():
+        assert _fusable(x)
+        want = body(folded)(x) if name != "detr_demo" else folded(x)["pred_logits"]
+        got = body(fused)(x) if name != "detr_demo" else fused(x)["pred_logits"]
+        scale = want.abs().max()  # random-weight ResNets grow activations into the hundreds
+        torch.testing.assert_close(got, want, atol=1e-5 * scale, rtol=1e-5)
+    x.requires_grad_(True)  # autograd: the fallback path (plain convolution, ReLU and addition)
+    with torch.enable_grad():
+        assert not _fusable(x)
+        got = body(fused)(x) if name != "detr_demo" else fused(x)["pred_logits"]
+        torch.testing.assert_close(got.detach(), want, atol=1e-5 * scale, rtol=1e-5)
