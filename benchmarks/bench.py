@@ -3,19 +3,21 @@ Markdown table (and writes it to --out if given).
 
     python benchmarks/bench.py [--runs 5] [--sizes 800x1066 800x1333] [--models detr_resnet50 ...]
 
-Rows, on one input per size, same process, same thread count, median of --runs after a warm-up:
+Rows, on one input per size, same process, same device, same thread count, median of --runs after a
+warm-up (the runs of the rows are interleaved, so a slower spell of the machine hits every row):
 - official architecture: the plain forward of our detr_resnet50 (fp32, eval, no capture), which
   the tests prove equal to the official model: the baseline of every ratio;
-- official architecture + capture: the same model with every attention map captured;
-- ours, default (exact): batch norm folded, channels-last backbone, full capture;
-- ours, fast: the same under bfloat16 autocast (a CPU without native bf16 runs it emulated);
+- official architecture + full capture: the same model with every attention map captured;
+- ours, default (exact): batch norm folded, ReLUs fused, channels-last backbone, full capture;
+- ours, fast: the same under the device's reduced precision (float16 on a GPU, bfloat16 on a CPU
+  with native bfloat16); not run where detr_core.fast.fast_dtype offers none (--force-bf16 runs it);
 - peer: Hugging Face transformers' DetrForObjectDetection (R50 built offline from its config with
   random weights, eager attention, output_attentions=True), if `transformers` is installed
   (pip install -r benchmarks/requirements.txt).
 Then, from one cached analysis: a click -> a new encoder map (p50/p95 over 200 random pixels), a
-decoder map for a random query (p50/p95), relevance for one query, and the analysis' memory. Cold
-start = load an R50 checkpoint from a local file (random weights saved in the official format) +
-fold + first analysis, in a fresh process.
+decoder map for a random query (p50/p95), relevance for one query, and the memory the analysis
+holds. Cold start = load an R50 checkpoint from a local file (random weights saved in the official
+format) + fold + first analysis, in a fresh process.
 """
 
 from __future__ import annotations
@@ -38,20 +40,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from detr_core import build_model
 from detr_core.attention import decoder_map, encoder_map
 from detr_core.capture import capture
-from detr_core.fast import optimize_for_inference
+from detr_core.fast import fast_dtype, optimize_for_inference
 from detr_core.image import Geometry, PreparedImage
 from detr_core.relevance import relevance
 
+OFFICIAL = ("detr_resnet50", "detr_resnet50_dc5", "detr_resnet101", "detr_resnet101_dc5", "detr_demo")
 
-def timed(fn, runs: int) -> float:
-    """Median wall time in ms of `fn()` over `runs` runs after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(fns: dict, runs: int, device: torch.device) -> dict:
+    """Median wall time in ms of each fn over `runs` rounds (one call of each per round, in turn),
+    after one warm-up call of each."""
+    for fn in fns.values():
         fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+        sync(device)
+    times: dict = {k: [] for k in fns}
+    for _ in range(runs):
+        for k, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[k].append((time.perf_counter() - t0) * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def timed(fn, runs: int, device: torch.device = torch.device("cpu")) -> float:
+    return interleaved({"fn": fn}, runs, device)["fn"]
 
 
 def percentiles(fn, args: list) -> tuple[float, float]:
@@ -64,20 +83,21 @@ def percentiles(fn, args: list) -> tuple[float, float]:
     return times[len(times) // 2], times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
 
 
-def hf_peer(h: int, w: int, runs: int):
+def hf_peer(h: int, w: int, device: torch.device):
+    """A call running the Hugging Face peer on one [1, 3, h, w] input, or None without transformers."""
     try:
         from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
     except ImportError:
         return None
     cfg = DetrConfig(backbone_config=ResNetConfig(out_features=["stage4"]), num_labels=91, attn_implementation="eager")
-    model = DetrForObjectDetection(cfg).eval()
-    x = torch.randn(1, 3, h, w)
+    model = DetrForObjectDetection(cfg).eval().to(device)
+    x = torch.randn(1, 3, h, w, device=device)
 
     def run():
         with torch.inference_mode():
             model(pixel_values=x, output_attentions=True)
 
-    return timed(run, runs)
+    return run
 
 
 def cold_start(name: str, h: int, w: int) -> float:
@@ -103,40 +123,40 @@ def cold_start(name: str, h: int, w: int) -> float:
         return float(out.stdout.strip().splitlines()[-1])
 
 
-def bench_model(name: str, h: int, w: int, runs: int, rows: list, extras: dict) -> None:
+def bench_model(name: str, h: int, w: int, runs: int, rows: list, extras: dict, args) -> None:
+    device = torch.device(args.device)
     torch.manual_seed(0)
-    base = build_model(name).eval().requires_grad_(False)
+    base = build_model(name).eval().requires_grad_(False).to(device)
     fast = optimize_for_inference(base)
     stride = base.stride
     g = Geometry(h, w, h, w, -(-h // stride), -(-w // stride), stride)
     prepared = PreparedImage(torch.randn(1, 3, h, w), g)
+    x = prepared.tensor.to(device)
     label = f"{name} {h}x{w}"
+    arch = "official architecture" if name in OFFICIAL else "the model as loaded"
 
     def plain():
         with torch.inference_mode():
-            base(prepared.tensor)
+            base(x)
 
-    t_base = timed(plain, runs)
-    rows.append((label, "official architecture, plain forward (baseline)", t_base))
-    rows.append((label, "official architecture + full capture", timed(lambda: capture(base, prepared), runs)))
-    rows.append(
-        (
-            label,
-            "ours, default (exact): folded BN + channels-last + full capture",
-            timed(lambda: capture(fast, prepared), runs),
+    fns = {
+        f"{arch}, plain forward (baseline)": plain,
+        f"{arch} + full capture": lambda: capture(base, prepared),
+        "ours, default (exact): folded BN + fused ReLU + channels-last + full capture": lambda: capture(fast, prepared),
+    }
+    dtype = torch.bfloat16 if args.force_bf16 else fast_dtype(device)
+    if dtype is not None:
+        fns[f"ours, fast: + {str(dtype).removeprefix('torch.')} autocast + full capture"] = lambda: capture(
+            fast, prepared, autocast_dtype=dtype
         )
-    )
-    rows.append(
-        (
-            label,
-            "ours, fast: + bfloat16 autocast + full capture",
-            timed(lambda: capture(fast, prepared, autocast_dtype=torch.bfloat16), runs),
-        )
-    )
-    if name == "detr_resnet50":
-        t_hf = hf_peer(h, w, runs)
-        if t_hf is not None:
-            rows.append((label, "peer: HF DetrForObjectDetection, output_attentions=True", t_hf))
+    peer = hf_peer(h, w, device) if name == "detr_resnet50" else None
+    if peer is not None:
+        fns["peer: HF DetrForObjectDetection, output_attentions=True"] = peer
+    times = interleaved(fns, runs, device)
+    t_base = times[f"{arch}, plain forward (baseline)"]
+    rows.extend((label, what, ms) for what, ms in times.items())
+    if dtype is None:
+        rows.append((label, "ours, fast: not offered here (no native bfloat16 on this CPU; see fast_dtype)", None))
     analysis = capture(fast, prepared)
     rng = random.Random(0)
     clicks = [(analysis, rng.uniform(0, w), rng.uniform(0, h)) for _ in range(200)]
@@ -148,8 +168,8 @@ def bench_model(name: str, h: int, w: int, runs: int, rows: list, extras: dict) 
         "decoder map p50/p95 (ms)": percentiles(
             lambda a, q: decoder_map(a, q), [(analysis, rng.randrange(analysis.num_queries)) for _ in range(200)]
         ),
-        "relevance, one query (ms)": timed(lambda: relevance(fast, prepared, 0), 1),
-        "analysis memory (MB)": analysis.nbytes() / 1e6,
+        "relevance, one query (ms)": timed(lambda: relevance(fast, prepared, 0), 1, device),
+        "analysis memory held (MB)": analysis.nbytes() / 1e6,
         "base": t_base,
     }
 
@@ -161,6 +181,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["detr_resnet50", "detr_resnet50_dc5"])
     parser.add_argument("--no-shapes", action="store_true", help="skip the project's small model")
     parser.add_argument("--no-cold-start", action="store_true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--force-bf16", action="store_true", help="run the bfloat16 row even where it is emulated")
     parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     args = parser.parse_args()
 
@@ -170,22 +192,26 @@ def main() -> None:
         for size in args.sizes:
             h, w = (int(v) for v in size.split("x"))
             print(f"... {name} {h}x{w}", file=sys.stderr, flush=True)
-            bench_model(name, h, w, args.runs, rows, extras)
+            bench_model(name, h, w, args.runs, rows, extras, args)
     if not args.no_shapes:
         print("... detr_shapes 128x128", file=sys.stderr, flush=True)
-        bench_model("detr_shapes", 128, 128, max(args.runs, 20), rows, extras)
+        bench_model("detr_shapes", 128, 128, max(args.runs, 20), rows, extras, args)
 
     cpu = platform.processor() or platform.machine()
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({cpu}, {os.cpu_count()} cores)"
+    on_gpu = args.device.startswith("cuda")
+    device = torch.cuda.get_device_name(0) if on_gpu else f"CPU ({cpu}, {os.cpu_count()} cores)"
     lines = [
         f"Machine: {device}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"median of {args.runs} runs after a warm-up.",
+        f"median of {args.runs} interleaved runs (at least 20 for detr_shapes) after a warm-up.",
         "",
         "| model, input | what | time (ms) | x baseline |",
         "|---|---|---:|---:|",
     ]
     for label, what, ms in rows:
-        lines.append(f"| {label} | {what} | {ms:.0f} | {ms / extras[label]['base']:.2f} |")
+        if ms is None:
+            lines.append(f"| {label} | {what} | – | – |")
+        else:
+            lines.append(f"| {label} | {what} | {ms:.0f} | {ms / extras[label]['base']:.2f} |")
     lines += ["", "| model, input | after one analysis | value |", "|---|---|---:|"]
     for label, facts in extras.items():
         for what, v in facts.items():
