@@ -4,11 +4,14 @@ Caching (what runs the model, and when):
 
 - `_model(name, checkpoint)`: one `st.cache_resource` model per name, shared by every session. It is
   only read (capture and relevance never edit it and are thread-safe).
-- `_analysis(...)`: one `st.cache_data` `Analysis` per (model name, weights, image bytes hash,
-  preprocessing settings), at most `ANALYSIS_CACHE_ENTRIES`. This is the only place the dashboard
-  runs the model forward for an image, and it counts its runs in `MODEL_RUNS` (shown in the
-  sidebar as "model runs: N"). Switching pages, moving a slider, clicking a pixel or picking a
-  query reads the cached analysis and never runs the model again; a new image or model does.
+- `_analysis(...)`: one `Analysis` per (model name, weights, image bytes hash, preprocessing
+  settings) in `ANALYSES`, a process-wide LRU bounded by entries and bytes (ui/lru.py). This is
+  the only place the dashboard runs the model forward for an image, and it counts its runs in
+  `MODEL_RUNS` (shown in the sidebar as "model runs: N"; only a cache miss runs the model, once
+  however many sessions ask for the same image at once). Switching pages, moving a slider,
+  clicking a pixel or picking a query reads the cached analysis and never runs the model again; a
+  new image or model does.
+- `_decoded(...)`: the decoded RGB image per image bytes hash, in `IMAGES` (bounded the same way).
 - `relevance_map(...)`: Chefer et al. relevance (a forward + backward pass) per (model, image,
   query), on demand, counted in `RELEVANCE_RUNS`.
 
@@ -42,6 +45,8 @@ from detr_core.image import Geometry
 from detr_core.postprocess import Detection
 from detr_core.zoo import ModelSpec
 
+from .lru import MB, BoundedLRU
+
 log = logging.getLogger("detr_explorer")
 
 SHAPES = "detr_shapes"
@@ -51,7 +56,18 @@ SAMPLES_DIR = ROOT / "assets" / "samples"
 SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SCENE_SIZE = 256  # synthetic scenes are drawn at 256 px (detr_shapes resizes them to 128)
 SCENE_COUNT = 100  # scene numbers 0..99, drawn from the held-out seeds (never seen in training)
+# Process-wide caches, bounded by entries AND bytes (ui/lru.py), so a server's memory stays flat
+# however many distinct images its users send. An R50-DC5 analysis at 800x1333 (50x84 = 4200 cells)
+# holds about 80 MB (encoder q and k, cross-attention k: 3 x 6 layers x 8 heads x 4200 x 32 floats),
+# a plain R50 one about 22 MB, detr_shapes' a few hundred kB: 512 MB keeps 6 DC5 analyses, all 16
+# R50 ones. A decoded 24-megapixel phone photo holds 96 MB (Pillow keeps RGB as 4 bytes a pixel):
+# 256 MB keeps 2 of those, 16 of up to 4 megapixels. Worst case, both full: 768 MB, plus what live
+# sessions still hold (each session's current view keeps its own analysis and image alive after an
+# eviction; the upload's bytes are Streamlit's, per session). (MB here is 2^20 bytes.)
 ANALYSIS_CACHE_ENTRIES = 16
+ANALYSIS_CACHE_BYTES = 512 * MB
+IMAGE_CACHE_ENTRIES = 16
+IMAGE_CACHE_BYTES = 256 * MB
 DISPLAY_MAX_SIDE = 900  # photos are shown (not analysed) at most this large
 
 SOURCE_SCENE, SOURCE_SAMPLE, SOURCE_UPLOAD, SOURCE_CAMERA = "scene", "sample", "upload", "camera"
@@ -105,15 +121,53 @@ def get_model(name: str, weights_id: str):
     return _model(name, weights_id)
 
 
-@st.cache_data(max_entries=ANALYSIS_CACHE_ENTRIES, show_spinner=False)
+def _image_nbytes(image: Image.Image) -> int:
+    """Bytes Pillow holds for the pixels: it stores every multi-band 8-bit mode in 4 bytes a pixel
+    (RGB is padded to RGBX; a soak of 3072 px uploads grows the server by about 40 MB per kept image,
+    not 27 MB), "I" and "F" in 4, "I;16" in 2, "L", "P" and "1" in 1."""
+    if len(image.getbands()) > 1 or image.mode in ("I", "F"):
+        per_pixel = 4
+    else:
+        per_pixel = 2 if image.mode.startswith("I;16") else 1
+    return image.width * image.height * per_pixel
+
+
+# One Analysis object is shared by every session that shows its image (st.cache_data used to hand
+# each run its own unpickled copy). Nothing mutates it: detr_core.attention/stats and ui/compute only
+# read its tensors (checked: no in-place op, no attribute assignment in pages/ or ui/); the one
+# mutable part, `extras` (a dict for lazily computed statistics, unused today), would be filled
+# with the same values by any session, which is benign (its size is measured once, when the
+# analysis is stored). Likewise the decoded images are only read (render.* and the display copy
+# draw on copies).
+ANALYSES: BoundedLRU[Analysis] = BoundedLRU(
+    "analysis", ANALYSIS_CACHE_ENTRIES, ANALYSIS_CACHE_BYTES, sizeof=lambda a: a.nbytes()
+)
+IMAGES: BoundedLRU[Image.Image] = BoundedLRU("decoded image", IMAGE_CACHE_ENTRIES, IMAGE_CACHE_BYTES, _image_nbytes)
+
+
+def clear_caches() -> None:
+    """Forget every cached analysis and decoded image (and Streamlit's own caches)."""
+    ANALYSES.clear()
+    IMAGES.clear()
+    st.cache_data.clear()
+    _display_copy.clear()
+
+
 def _analysis(
-    model_name: str, weights_id: str, image_hash: str, min_size: int, max_size: int, _image_bytes: bytes
+    model_name: str, weights_id: str, image_hash: str, min_size: int, max_size: int, image_bytes: bytes
 ) -> Analysis:
-    """ONE forward pass with every attention map recorded; the only place the UI runs the model."""
-    model = get_model(model_name, weights_id)
-    result = pipeline.analyze(model, _image_bytes, model_name, min_size, max_size)
-    _count("model")
-    return result
+    """ONE forward pass with every attention map recorded; the only place the UI runs the model.
+
+    Cached in ANALYSES: the model runs (and MODEL_RUNS counts) only on a miss, once for all the
+    sessions that ask for the same key at the same time. A bad image raises (nothing is cached)."""
+
+    def compute() -> Analysis:
+        model = get_model(model_name, weights_id)
+        result = pipeline.analyze(model, image_bytes, model_name, min_size, max_size)
+        _count("model")
+        return result
+
+    return ANALYSES.get_or_compute((model_name, weights_id, image_hash, min_size, max_size), compute)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -129,10 +183,9 @@ def relevance_map(key: tuple, query: int, _image_bytes: bytes):
     return result
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _decoded(image_hash: str, _image_bytes: bytes) -> Image.Image:
-    """The RGB image (shared, read-only); raises ImageError for bad bytes (not cached)."""
-    return load_image(_image_bytes)
+def _decoded(image_hash: str, image_bytes: bytes) -> Image.Image:
+    """The RGB image (shared, read-only; cached in IMAGES); raises ImageError for bad bytes (not cached)."""
+    return IMAGES.get_or_compute(image_hash, lambda: load_image(image_bytes))
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
