@@ -97,7 +97,10 @@ def render() -> None:
         layers = compute.layer_options(a.dec_layers, ("mean",))
         state.keep_valid("p_dec_layer", layers, str(a.dec_layers))
         ss.setdefault("p_dec_layer", str(a.dec_layers))
-        relevance = mode == MODES[1]
+        refusal = state.relevance_refusal(a) if mode == MODES[1] else None
+        if refusal:
+            st.info(refusal)
+        relevance = mode == MODES[1] and refusal is None
         layer = c2.selectbox("Decoder layer", layers, key="p_dec_layer", disabled=relevance)
         heads = compute.head_options(a.nheads)
         state.keep_valid("p_dec_head", heads, "mean")

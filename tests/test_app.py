@@ -256,6 +256,20 @@ def test_relevance_is_computed_on_demand_once_per_query(scene):
     assert state.relevance_runs() == done and state.model_runs() == model_runs
 
 
+def test_relevance_too_big_for_the_server_is_refused_with_a_message(scene, monkeypatch):
+    """Above RELEVANCE_MAX_TOKENS feature cells the page explains instead of running a pass that could
+    take gigabytes (an R50-DC5 photo), and shows raw attention with its controls enabled."""
+    at = switch(new_app(scene=str(scene)), "decoder")
+    monkeypatch.setattr(state, "RELEVANCE_MAX_TOKENS", 10)  # detr_shapes scenes have 64+ cells
+    relevance_runs = state.relevance_runs()
+    at.radio(key="p_dec_mode").set_value("relevance (Chefer et al.)").run()
+    no_problems(at)
+    assert any("Relevance is not offered at this size" in i.value and "cells" in i.value for i in at.info)
+    assert not at.selectbox(key="p_dec_layer").disabled
+    assert any("cross-attention of query" in c for img in at.image for c in img.captions)
+    assert state.relevance_runs() == relevance_runs
+
+
 # ------------------------------------------------------------------------------------------------
 # Model and guide
 

@@ -78,6 +78,15 @@ SOURCE_LABELS = {
     SOURCE_CAMERA: "Camera",
 }
 
+# Relevance (Chefer et al.) keeps every encoder layer's [heads, HW, HW] attention and its gradient:
+# measured peak +4.0 GB of resident memory for R50-DC5 at 800x1066 (3,350 feature cells), growing as
+# cells^2. The server runs one at a time (_relevance_lock) and refuses more than RELEVANCE_MAX_TOKENS
+# cells (about 1.7 GB): every R50/R101 model at the default 800/1333 sizes (<= 1,050 cells) passes,
+# DC5 models need a shorter side of about 640 px.
+RELEVANCE_MAX_TOKENS = 2200
+RELEVANCE_GB_AT_3350 = 4.0
+_relevance_lock = threading.Lock()
+
 # ------------------------------------------------------------------------------------------------
 # Counters (process-wide: the caches they count are process-wide too)
 
@@ -172,15 +181,31 @@ def _analysis(
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def relevance_map(key: tuple, query: int, _image_bytes: bytes):
-    """Chefer et al. relevance of `query` over the image ([h, w]), computed once per key and query."""
+    """Chefer et al. relevance of `query` over the image ([h, w]), computed once per key and query.
+    One at a time in the whole server (see RELEVANCE_MAX_TOKENS); callers check `relevance_refusal`."""
     from detr_core.relevance import relevance
 
     model_name, weights_id, _, min_size, max_size = key
     model = get_model(model_name, weights_id)
     prepared = pipeline.prepare(model, load_image(_image_bytes), model_name, min_size, max_size)
-    result = relevance(model, prepared, query)
+    with _relevance_lock:
+        result = relevance(model, prepared, query)
     _count("relevance")
     return result
+
+
+def relevance_refusal(analysis: Analysis) -> str | None:
+    """Why relevance is not offered for this analysis (too many feature cells), or None."""
+    tokens = analysis.geometry.tokens
+    if tokens <= RELEVANCE_MAX_TOKENS:
+        return None
+    gb = RELEVANCE_GB_AT_3350 * (tokens / 3350) ** 2
+    return (
+        f"Relevance is not offered at this size: it runs a forward and a backward pass that keep every encoder "
+        f"layer's full attention, which grows with the square of the feature cells: {tokens:,} cells here "
+        f"(about {gb:.1f} GB), at most {RELEVANCE_MAX_TOKENS:,} on this server. Lower the shorter side in the "
+        "sidebar, or use raw attention, which works at any size."
+    )
 
 
 def _decoded(image_hash: str, image_bytes: bytes) -> Image.Image:
