@@ -84,8 +84,6 @@ def offline(tmp_path, monkeypatch):
     """No official checkpoint here and no network: the app opens on the bundled detr_shapes."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.delenv("DETR_WEIGHTS_DIR", raising=False)
-    if state.weights.checkpoint_status(MODELS[state.SHAPES]) == "missing":  # before the model is trained
-        monkeypatch.setenv(state.UNTRAINED_FALLBACK_ENV, "1")
 
     def no_network(*args, **kwargs):
         raise urllib.error.URLError("offline (test)")
