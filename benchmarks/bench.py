@@ -15,8 +15,9 @@ warm-up (the runs of the rows are interleaved, so a slower spell of the machine 
   random weights, eager attention, output_attentions=True), if `transformers` is installed
   (pip install -r benchmarks/requirements.txt).
 Then, from one cached analysis: a click -> a new encoder map (p50/p95 over 200 random pixels), a
-decoder map for a random query (p50/p95), relevance for one query, and the memory the analysis
-holds. Cold start = in a fresh process, after importing torch and detr_core (timed separately):
+decoder map for a random query (p50/p95), relevance for one query (its time, and in a fresh process
+how far it raises the peak resident memory above that of a captured pass), and the memory the
+analysis holds. Cold start = in a fresh process, after importing torch and detr_core (timed separately):
 load an R50 checkpoint from a local file (random weights saved in the official format) + fold +
 first analysis.
 """
@@ -126,6 +127,23 @@ def cold_start(name: str, h: int, w: int) -> tuple[float, float]:
         return imports, load
 
 
+def relevance_memory(name: str, h: int, w: int) -> float:
+    """MB by which one relevance pass raises a fresh process's peak resident memory (random weights),
+    from Linux's VmHWM (ru_maxrss would carry over the benchmark's own size across fork + exec)."""
+    code = (
+        "import torch; from detr_core import build_model; from detr_core.fast import optimize_for_inference; "
+        "from detr_core.image import Geometry, PreparedImage; from detr_core.relevance import relevance; "
+        "from detr_core.capture import capture; "
+        "hwm=lambda: int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]); "
+        f"m=optimize_for_inference(build_model({name!r})); s=m.stride; "
+        f"p=PreparedImage(torch.randn(1,3,{h},{w}), Geometry({h},{w},{h},{w},-(-{h}//s),-(-{w}//s),s)); "
+        "capture(m, p); r0=hwm(); relevance(m, p, 0); print((hwm()-r0)/1024)"  # above a captured pass's peak
+    )
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def bench_model(name: str, h: int, w: int, runs: int, rows: list, extras: dict, args) -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -172,6 +190,7 @@ def bench_model(name: str, h: int, w: int, runs: int, rows: list, extras: dict, 
             lambda a, q: decoder_map(a, q), [(analysis, rng.randrange(analysis.num_queries)) for _ in range(200)]
         ),
         "relevance, one query (ms)": timed(lambda: relevance(fast, prepared, 0), 1, device),
+        "relevance: peak memory over a captured pass, fresh process (MB)": relevance_memory(name, h, w),
         "analysis memory held (MB)": analysis.nbytes() / 1e6,
         "base": t_base,
     }

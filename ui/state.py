@@ -78,13 +78,20 @@ SOURCE_LABELS = {
     SOURCE_CAMERA: "Camera",
 }
 
-# Relevance (Chefer et al.) keeps every encoder layer's [heads, HW, HW] attention and its gradient:
-# measured peak +4.0 GB of resident memory for R50-DC5 at 800x1066 (3,350 feature cells), growing as
-# cells^2. The server runs one at a time (_relevance_lock) and refuses more than RELEVANCE_MAX_TOKENS
-# cells (about 1.7 GB): every R50/R101 model at the default 800/1333 sizes (<= 1,050 cells) passes,
-# DC5 models need a shorter side of about 640 px.
+# Relevance (Chefer et al.) keeps every encoder layer's [heads, HW, HW] attention for its backward
+# pass. Peak resident memory above a captured pass (`python benchmarks/bench.py`, row "relevance:
+# peak memory"): R50 0.80 GB at 850 cells, 1.07 GB at 1,050; R50-DC5 4.0 GB at 3,350, 5.6 GB at
+# 4,200; about 0.6 GB + 3e-7 GB x cells^2. The server runs one at a time (_relevance_lock) and
+# refuses more than RELEVANCE_MAX_TOKENS cells (about 2 GB): every R50/R101 model at the default
+# 800/1333 sizes (<= 1,050 cells) passes, DC5 models need a shorter side of about 640 px.
 RELEVANCE_MAX_TOKENS = 2200
-RELEVANCE_GB_AT_3350 = 4.0
+
+
+def relevance_gb(tokens: int) -> float:
+    """Estimated peak memory of one relevance pass, GB (the fit above)."""
+    return 0.6 + 3e-7 * tokens**2
+
+
 _relevance_lock = threading.Lock()
 
 # ------------------------------------------------------------------------------------------------
@@ -199,7 +206,7 @@ def relevance_refusal(analysis: Analysis) -> str | None:
     tokens = analysis.geometry.tokens
     if tokens <= RELEVANCE_MAX_TOKENS:
         return None
-    gb = RELEVANCE_GB_AT_3350 * (tokens / 3350) ** 2
+    gb = relevance_gb(tokens)
     return (
         f"Relevance is not offered at this size: it runs a forward and a backward pass that keep every encoder "
         f"layer's full attention, which grows with the square of the feature cells: {tokens:,} cells here "
