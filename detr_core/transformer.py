@@ -39,7 +39,8 @@ class MultiheadAttention(nn.MultiheadAttention):
     """`nn.MultiheadAttention` (same parameters, same outputs) with an `AttentionProbe`.
 
     The probed path covers what DETR uses: sequence-first inputs, packed in_proj weights, an
-    optional key padding mask, need_weights=False. Anything else is the parent's forward, unprobed.
+    optional boolean key padding mask, need_weights=False. Anything else is the parent's forward,
+    unprobed (a capture then says that not every attention module was called once).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
@@ -58,7 +59,8 @@ class MultiheadAttention(nn.MultiheadAttention):
         is_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """query [T_q, B, E], key and value [T_k, B, E] -> ([T_q, B, E], None)."""
-        if need_weights or attn_mask is not None or is_causal or query.dim() != 3:
+        float_mask = key_padding_mask is not None and key_padding_mask.dtype != torch.bool
+        if need_weights or attn_mask is not None or is_causal or query.dim() != 3 or float_mask:
             return super().forward(
                 query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
             )
