@@ -135,6 +135,12 @@ def _project_qk(mha: nn.MultiheadAttention, query: Tensor, key: Tensor) -> tuple
     return tuple(t.view(t.shape[0], t.shape[1], nh, E // nh).permute(1, 2, 0, 3) for t in (q, k))
 
 
+def _hooked(attention: nn.MultiheadAttention) -> nn.Module:
+    """What the capture hooks for one attention: its AttentionProbe if it has one, else itself."""
+    probe = getattr(attention, "probe", None)
+    return probe if isinstance(probe, AttentionProbe) else attention
+
+
 def _row_logsumexp(q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor:
     """Log-sum-exp of each row of q k^T (q already scaled): q [nh, T_q, d], k [nh, T_k, d] -> [nh, T_q].
     On the CPU the fused flash kernel gives it without materialising the [nh, T_q, T_k] logits."""
@@ -151,7 +157,7 @@ class _Recorder:
 
     def __init__(self, roles: dict[str, list[nn.MultiheadAttention]]):
         # id of each hooked module (the attention, or its probe) -> (role, layer index)
-        self.index = {id(getattr(m, "probe", m)): (role, i) for role, mods in roles.items() for i, m in enumerate(mods)}
+        self.index = {id(_hooked(m)): (role, i) for role, mods in roles.items() for i, m in enumerate(mods)}
         self.enc: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         self.dec_self: dict[int, Tensor] = {}
         self.cross: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
@@ -229,7 +235,7 @@ def capture(
     rec = _Recorder(roles)
     handles = []
     for m in (m for mods in roles.values() for m in mods):
-        if isinstance(getattr(m, "probe", None), AttentionProbe):
+        if _hooked(m) is not m:
             handles.append(m.probe.register_forward_hook(rec.probe_hook))
         else:
             handles.append(m.register_forward_hook(rec.attention_hook, with_kwargs=True))
