@@ -134,6 +134,17 @@ def wait_idle(page) -> None:
     )
 
 
+def url_param(page, key: str, done, timeout_s: float = 10.0) -> str | None:
+    """The URL's `key` parameter once `done(value)` holds, or its last value after `timeout_s`. The
+    browser rewrites its URL a moment after the page redraws: wait for it instead of sampling it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = parse_qs(urlparse(page.url).query).get(key, [None])[0]
+        if (value is not None and done(value)) or time.monotonic() > deadline:
+            return value
+        page.wait_for_timeout(100)
+
+
 def model_runs(page) -> int:
     text = page.get_by_text(re.compile(r"^model runs: \d+$")).inner_text()
     return int(text.rsplit(" ", 1)[1])
@@ -262,7 +273,7 @@ def test_clicks_on_the_encoder_page_select_the_clicked_cell(page, server):
         seen.add((row, col))
     assert len(seen) == 2
     assert model_runs(page) == runs
-    points = parse_qs(urlparse(page.url).query)["pts"][0].split(";")
+    points = url_param(page, "pts", lambda v: len(v.split(";")) == 4).split(";")
     assert len(points) == 4
     shoot(page, "encoder")
 
@@ -298,7 +309,7 @@ def test_picking_a_detection_on_the_decoder_page_shows_its_map(page, server, sha
     expect(page.get_by_text(f"Selected detection: query {target.query} · {target.class_name}")).to_be_visible()
     wait_idle(page)
     assert main_images(page)[-1] != before
-    assert parse_qs(urlparse(page.url).query)["q"] == [str(target.query)]
+    assert url_param(page, "q", lambda v: v == str(target.query)) == str(target.query)
     assert model_runs(page) == runs
     shoot(page, "decoder")
 
@@ -330,7 +341,7 @@ def test_switching_pages_and_moving_sliders_never_reruns_the_model(page, server)
     expect(page.get_by_text(re.compile(r"^Selected cell: .* layer 2 "))).to_be_visible()
     wait_idle(page)
     assert model_runs(page) == runs
-    assert parse_qs(urlparse(page.url).query)["thr"] == [f"{start - 0.05:.2f}"]
+    assert url_param(page, "thr", lambda v: v == f"{start - 0.05:.2f}") == f"{start - 0.05:.2f}"
 
 
 def test_a_corrupt_upload_shows_a_message_and_a_good_one_works_after_it(page, server, tmp_path):
