@@ -27,13 +27,12 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import DETRError
 from .image import Geometry, PreparedImage
 from .postprocess import COCO_CLASSES, Detection, postprocess
-from .transformer import _FLASH_CPU, AttentionProbe
+from .transformer import _FLASH_CPU, AttentionProbe, in_projection
 
 __all__ = ["Analysis", "CaptureError", "attention_modules", "capture"]
 
@@ -123,16 +122,12 @@ def attention_modules(model: nn.Module) -> dict[str, list[nn.MultiheadAttention]
 
 
 def _project_qk(mha: nn.MultiheadAttention, query: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
-    """The module's own query/key projections, split into heads: [1, nh, T, d] each (not scaled)."""
+    """The module's own query/key projections, split into heads: [B, nh, T, d] each (not scaled)."""
     if not mha._qkv_same_embed_dim:
         raise CaptureError("nn.MultiheadAttention with separate q/k/v projection weights is not supported")
-    E, nh = mha.embed_dim, mha.num_heads
     if mha.batch_first:
         query, key = query.transpose(0, 1), key.transpose(0, 1)
-    w, b = mha.in_proj_weight, mha.in_proj_bias
-    q = F.linear(query, w[:E], None if b is None else b[:E])  # [T_q, B, E]
-    k = F.linear(key, w[E : 2 * E], None if b is None else b[E : 2 * E])  # [T_k, B, E]
-    return tuple(t.view(t.shape[0], t.shape[1], nh, E // nh).permute(1, 2, 0, 3) for t in (q, k))
+    return in_projection(mha, query, key)
 
 
 def _hooked(attention: nn.MultiheadAttention) -> nn.Module:

@@ -29,12 +29,12 @@ import functools
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .capture import _ACTIVE, CaptureError, attention_modules
 from .errors import DETRError
 from .image import PreparedImage
+from .transformer import in_projection
 
 __all__ = ["relevance"]
 
@@ -45,7 +45,7 @@ class _ExplicitAttention:
     reaches it, so no layer's gradient outlives its use (R50-DC5 at 800x1066: 360 MB per layer)."""
 
     def __init__(self, roles: dict[str, list[nn.MultiheadAttention]]):
-        self.role = {id(m): role for role, mods in roles.items() for m in mods}
+        self.role_of = {id(m): role for role, mods in roles.items() for m in mods}
         self.roles: list[str] = []  # role of each attention call, in call order
         self.shapes: list[tuple[int, int]] = []  # its [T_q, T_k]
         self.pending: dict[int, Tensor] = {}  # call -> weights, until its gradient arrives
@@ -75,22 +75,15 @@ class _ExplicitAttention:
         mask = kwargs.get("key_padding_mask", args[3] if len(args) > 3 else None)
         if module.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        E, nh = module.embed_dim, module.num_heads
-        d = E // nh
-        w, b = module.in_proj_weight, module.in_proj_bias
-        q = F.linear(query, w[:E], b[:E])  # [T_q, B, E]
-        k = F.linear(key, w[E : 2 * E], b[E : 2 * E])
-        v = F.linear(value, w[2 * E :], b[2 * E :])
-        T_q, B, _ = q.shape
-        q = q.reshape(T_q, B * nh, d).transpose(0, 1) / math.sqrt(d)  # [B*nh, T_q, d]
-        k = k.reshape(-1, B * nh, d).transpose(0, 1)
-        v = v.reshape(-1, B * nh, d).transpose(0, 1)
+        T_q, B, E = query.shape
+        q, k, v = (t.flatten(0, 1) for t in in_projection(module, query, key, value))  # [B*nh, T, d]
+        q = q / math.sqrt(q.shape[-1])
         logits = q @ k.transpose(1, 2)  # [B*nh, T_q, T_k]
         if mask is not None:
-            logits = logits.masked_fill(mask.repeat_interleave(nh, 0)[:, None, :].bool(), float("-inf"))
+            logits = logits.masked_fill(mask.repeat_interleave(module.num_heads, 0)[:, None, :].bool(), float("-inf"))
         attn = logits.softmax(-1)
         call = len(self.roles)
-        self.roles.append(self.role[id(module)])
+        self.roles.append(self.role_of[id(module)])
         self.shapes.append((attn.shape[-2], attn.shape[-1]))
         if attn.requires_grad:
             self.pending[call] = attn

@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["AttentionProbe", "MultiheadAttention", "Transformer", "TransformerEncoderLayer", "TransformerDecoderLayer"]
+__all__ = [
+    "AttentionProbe",
+    "MultiheadAttention",
+    "in_projection",
+    "Transformer",
+    "TransformerEncoderLayer",
+    "TransformerDecoderLayer",
+]
 
 # The CPU flash-attention kernel behind F.scaled_dot_product_attention; it also returns the row
 # log-sum-exp of the scaled logits. Private in torch, so looked up once and optional.
@@ -33,6 +40,25 @@ class AttentionProbe(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, lse: Tensor | None, key_padding_mask: Tensor | None) -> None:
         return None
+
+
+def in_projection(mha: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor | None = None) -> tuple:
+    """`mha`'s packed in_proj applied to sequence-first query [T_q, B, E], key [T_k, B, E] (and
+    value), split into heads: q, k (, v) [B, nh, T, d], not scaled. Self-attention inputs (query is
+    key) take one matmul for q and k."""
+    E, nh = mha.embed_dim, mha.num_heads
+    w, b = mha.in_proj_weight, mha.in_proj_bias
+
+    def rows(i: int, j: int) -> tuple[Tensor, Tensor | None]:  # q: 0-1, k: 1-2, v: 2-3 (in units of E)
+        return w[i * E : j * E], None if b is None else b[i * E : j * E]
+
+    if query is key:
+        out = list(F.linear(query, *rows(0, 2)).chunk(2, dim=-1))  # [T_q, B, E] each
+    else:
+        out = [F.linear(query, *rows(0, 1)), F.linear(key, *rows(1, 2))]
+    if value is not None:
+        out.append(F.linear(value, *rows(2, 3)))  # [T_k, B, E]
+    return tuple(t.view(t.shape[0], t.shape[1], nh, E // nh).permute(1, 2, 0, 3) for t in out)
 
 
 class MultiheadAttention(nn.MultiheadAttention):
@@ -64,15 +90,8 @@ class MultiheadAttention(nn.MultiheadAttention):
             return super().forward(
                 query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
             )
-        E, nh = self.embed_dim, self.num_heads
-        T_q, B, _ = query.shape
-        w, b = self.in_proj_weight, self.in_proj_bias
-        if query is key:  # self-attention: queries and keys from one input, one matmul
-            q, k = F.linear(query, w[: 2 * E], b[: 2 * E]).chunk(2, dim=-1)  # [T_q, B, E] each
-        else:
-            q, k = F.linear(query, w[:E], b[:E]), F.linear(key, w[E : 2 * E], b[E : 2 * E])
-        v = F.linear(value, w[2 * E :], b[2 * E :])  # [T_k, B, E]
-        q, k, v = (t.view(t.shape[0], B, nh, E // nh).permute(1, 2, 0, 3) for t in (q, k, v))  # [B, nh, T, d]
+        T_q, B, E = query.shape
+        q, k, v = in_projection(self, query, key, value)  # [B, nh, T, d]
         mask = None
         if key_padding_mask is not None:  # True = padding -> -inf logits: [B, 1, 1, T_k]
             mask = torch.zeros(key_padding_mask.shape, dtype=q.dtype, device=q.device)
