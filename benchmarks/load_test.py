@@ -34,13 +34,10 @@ import contextlib
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,13 +45,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(1, str(REPO / "tests"))  # tests/hostile.py: the hostile files, generated in code
+sys.path.insert(1, str(REPO / "tests"))  # tests/hostile.py (the hostile files), tests/_server.py
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
-]  # fmt: skip
+from _server import CHROMIUM, StreamlitServer, launch_chromium  # noqa: E402
+
 MODEL = "detr_shapes"
 WAIT_MS = 180_000  # the longest any single expected change may take (2 busy cores)
 WARMUP_UPLOADS = 10
@@ -68,12 +62,6 @@ ERROR_SELECTOR = '[data-testid="stException"], [data-testid="stAlertContentError
 
 # ------------------------------------------------------------------------------------------------
 # The server and its memory
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _children(pid: int) -> list[int]:
@@ -115,36 +103,15 @@ def tree_hwm_mb(pid: int) -> float:
     return sum(status_kb(p, "VmHWM") for p in process_tree(pid)) / 1024
 
 
-class Server:
-    """`streamlit run app.py` on 127.0.0.1:<free port>, offline, its output in a log file."""
+class Server(StreamlitServer):
+    """The test suite's server (tests/_server.py: `streamlit run app.py` on 127.0.0.1:<free port>),
+    offline, started at once, with its process tree's resident memory sampled every 0.2 s."""
 
     def __init__(self, workdir: Path, startup_timeout: float = 180.0):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "streamlit.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_HOME": str(workdir / "torch_home"), "DETR_WEIGHTS_DIR": ""}
-        env.pop("DETR_UI_UNTRAINED_FALLBACK", None)  # the real checkpoint or nothing: results are compared
-        cmd = [
-            sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(self.port),
-            "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
-            "--browser.gatherUsageStats", "false",
-        ]  # fmt: skip
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=5) as r:
-                    if r.read().decode().strip() == "ok":
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"no answer from /_stcore/health within {startup_timeout:.0f} s:\n{self.log()}")
-            time.sleep(0.5)
+        env = {"TORCH_HOME": str(workdir / "torch_home"), "DETR_WEIGHTS_DIR": ""}
+        super().__init__(workdir / "streamlit.log", env, startup_timeout)
+        self.start()
+        self.pid = self.proc.pid
         self.peak_rss_mb = 0.0
         self._sampling = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
@@ -152,31 +119,24 @@ class Server:
 
     def _sample(self) -> None:
         while not self._sampling.wait(0.2):
-            self.peak_rss_mb = max(self.peak_rss_mb, tree_rss_mb(self.proc.pid))
+            self.peak_rss_mb = max(self.peak_rss_mb, tree_rss_mb(self.pid))
 
     def rss_mb(self) -> float:
-        return tree_rss_mb(self.proc.pid)
+        return tree_rss_mb(self.pid)
 
     def hwm_mb(self) -> float:
-        return tree_hwm_mb(self.proc.pid)
+        return tree_hwm_mb(self.pid)
 
     def log(self) -> str:
+        """The whole log (tracebacks are counted in it)."""
         try:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
 
     def stop(self) -> None:
-        if getattr(self, "_sampling", None) is not None:
-            self._sampling.set()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
+        self._sampling.set()
+        super().stop()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -589,7 +549,7 @@ async def _drive(url: str, sessions: list[list[Picture]], soak: list[Picture], s
     expect.set_options(timeout=WAIT_MS)  # every expected change, not only page actions, may take this long
     timings = Timings()
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        browser = await launch_chromium(p)
         try:
             # the first page load starts the model and imports the pages: timed apart from the warm ones
             async with Session(browser, url, "cold start", timings) as first:
@@ -676,7 +636,7 @@ def run(
         server = Server(work)
         try:
             report.rss_start_mb = server.rss_mb()
-            log(f"server pid {server.proc.pid} on {server.url}; driving the browser sessions...")
+            log(f"server pid {server.pid} on {server.url}; driving the browser sessions...")
             asyncio.run(_drive(server.url, per_session, soak_pictures, server, report, max_seconds, hostile_dir,
                                hostile_good))  # fmt: skip
             report.peak_rss_mb = max(server.peak_rss_mb, server.rss_mb())
