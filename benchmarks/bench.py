@@ -10,7 +10,7 @@ warm-up (the runs of the rows are interleaved, so a slower spell of the machine 
 - official architecture + full capture: the same model with every attention map captured;
 - ours, default (exact): batch norm folded, ReLUs fused, channels-last backbone, full capture;
 - ours, fast: the same under the device's reduced precision (float16 on a GPU, bfloat16 on a CPU
-  with native bfloat16); not run where detr_core.fast.fast_dtype offers none (--force-bf16 runs it);
+  with native bfloat16); not run where detr_core.models.fast.fast_dtype offers none (--force-bf16 runs it);
 - peer: Hugging Face transformers' DetrForObjectDetection (R50 built offline from its config with
   random weights, eager attention, output_attentions=True), if `transformers` is installed
   (pip install -r benchmarks/requirements.txt).
@@ -40,11 +40,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detr_core import build_model
-from detr_core.attention import decoder_map, encoder_map
-from detr_core.capture import capture
-from detr_core.fast import fast_dtype, optimize_for_inference
-from detr_core.image import Geometry, PreparedImage
-from detr_core.relevance import relevance
+from detr_core.analysis.attention import decoder_map, encoder_map
+from detr_core.analysis.capture import capture
+from detr_core.analysis.relevance import relevance
+from detr_core.io.image import Geometry, PreparedImage
+from detr_core.models.fast import fast_dtype, optimize_for_inference
 
 OFFICIAL = ("detr_resnet50", "detr_resnet50_dc5", "detr_resnet101", "detr_resnet101_dc5", "detr_demo")
 
@@ -110,8 +110,8 @@ def cold_start(name: str, h: int, w: int) -> tuple[float, float]:
         torch.save({"model": build_model(name).state_dict()}, path)
         code = (
             "import time; t0=time.perf_counter(); import torch; from detr_core import load_model; "
-            "from detr_core.fast import optimize_for_inference; from detr_core.capture import capture; "
-            "from detr_core.image import Geometry, PreparedImage; t1=time.perf_counter(); "
+            "from detr_core.models.fast import optimize_for_inference; from detr_core.analysis.capture import capture; "
+            "from detr_core.io.image import Geometry, PreparedImage; t1=time.perf_counter(); "
             f"m=optimize_for_inference(load_model({name!r}, checkpoint={str(path)!r}, device='cpu')); "
             f"g=Geometry({h},{w},{h},{w},{-(-h // 32)},{-(-w // 32)},32); "
             f"capture(m, PreparedImage(torch.randn(1,3,{h},{w}), g)); print(t1-t0, time.perf_counter()-t1)"
@@ -131,9 +131,9 @@ def relevance_memory(name: str, h: int, w: int) -> float:
     """MB by which one relevance pass raises a fresh process's peak resident memory (random weights),
     from Linux's VmHWM (ru_maxrss would carry over the benchmark's own size across fork + exec)."""
     code = (
-        "import torch; from detr_core import build_model; from detr_core.fast import optimize_for_inference; "
-        "from detr_core.image import Geometry, PreparedImage; from detr_core.relevance import relevance; "
-        "from detr_core.capture import capture; "
+        "import torch; from detr_core import build_model; from detr_core.models.fast import optimize_for_inference; "
+        "from detr_core.io.image import Geometry, PreparedImage; from detr_core.analysis.relevance import relevance; "
+        "from detr_core.analysis.capture import capture; "
         "hwm=lambda: int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]); "
         f"m=optimize_for_inference(build_model({name!r})); s=m.stride; "
         f"p=PreparedImage(torch.randn(1,3,{h},{w}), Geometry({h},{w},{h},{w},-(-{h}//s),-(-{w}//s),s)); "

@@ -8,7 +8,7 @@ an empty torch hub cache so it opens on the bundled detr_shapes model, and waits
 `playwright install`):
 
 1. Sessions: --sessions browser contexts (separate Streamlit sessions) at once. Each uploads
-   --uploads different synthetic scenes (detr_core.synthetic.make_scene, held-out seeds), and for
+   --uploads different synthetic scenes (detr_core.training.synthetic.make_scene, held-out seeds), and for
    each one checks that the page names its own file, that the heading counts the detections a
    serial run of the core finds on the same bytes (`analyze(model, bytes, "detr_shapes")
    .detections(threshold)`), and that the "Detections JSON" download holds exactly those
@@ -146,8 +146,8 @@ class Server(StreamlitServer):
 @dataclass
 class Picture:
     path: Path
-    detections: list  # the serial run's detections (detr_core.postprocess.Detection)
-    geometry: object  # detr_core.image.Geometry of the pass
+    detections: list  # the serial run's detections (detr_core.io.postprocess.Detection)
+    geometry: object  # detr_core.io.image.Geometry of the pass
 
 
 class Reference:
@@ -156,17 +156,18 @@ class Reference:
     def __init__(self):
         import torch
 
-        from detr_core import MODELS, load_model, weights
+        from detr_core import MODELS, load_model
+        from detr_core.models.zoo import model_status
 
         torch.set_num_threads(1)
-        if weights.checkpoint_status(MODEL) != "available":
+        if model_status(MODEL) != "available":
             raise RuntimeError(f"{MODEL}'s checkpoint is missing: the load test compares real detections")
         self.model = load_model(MODEL, device="cpu")
         self.threshold = float(getattr(MODELS[MODEL], "default_threshold", 0.9))
 
     def picture(self, path: Path) -> Picture | None:
         """What the page must show for the image at `path`; None if a score is too near the threshold."""
-        from detr_core.pipeline import analyze
+        from detr_core.analysis.pipeline import analyze
 
         analysis = analyze(self.model, path.read_bytes(), MODEL)
         scores = analysis.pred_logits[-1].softmax(-1)[:, :-1].max(-1).values
@@ -177,7 +178,7 @@ class Reference:
 
 def scene_files(ref: Reference, folder: Path, count: int, first: int, size: int, fmt: str) -> list[Picture]:
     """`count` distinct held-out scenes, none with a score near the threshold, written to `folder`."""
-    from detr_core.synthetic import HELDOUT_FIRST_SEED, make_scene
+    from detr_core.training.synthetic import HELDOUT_FIRST_SEED, make_scene
 
     folder.mkdir(parents=True, exist_ok=True)
     pictures, seed = [], HELDOUT_FIRST_SEED + first

@@ -1,5 +1,5 @@
 """Where the time of one forward pass goes: each backbone stage and the transformer, for the model as
-loaded (official architecture) and for the served copy (detr_core.fast.optimize_for_inference), with
+loaded (official architecture) and for the served copy (detr_core.models.fast.optimize_for_inference), with
 the work each part does. Prints one Markdown table.
 
     python benchmarks/stages.py [--model detr_resnet50] [--size 800x1066] [--runs 3]
@@ -21,7 +21,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detr_core import build_model
-from detr_core.fast import optimize_for_inference
+from detr_core.models.fast import optimize_for_inference
 
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 

@@ -1,12 +1,30 @@
-"""detr_core: a faithful DETR, its checkpoints, and everything needed to look inside it. No UI."""
+"""detr_core: a faithful DETR, its checkpoints, and everything needed to look inside it. No UI.
 
+    model = load_model("detr_shapes")                 # models/: the zoo, checkpoints
+    analysis = analyze(model, "photo.jpg", "detr_shapes")  # analysis/: one pass, every attention map
+    detections = analysis.detections(threshold=0.8)   # io/: Detection, in original-image pixels
+    encoder_map(analysis, x=120, y=80).map            # [h, w] "where this pixel looks"
+    decoder_map(analysis, detections[0].query)        # [h, w] cross-attention of that query
+"""
+
+from .analysis.attention import LOOKED_AT, LOOKS, EncoderMap, decoder_map, encoder_map
+from .analysis.capture import Analysis, capture
+from .analysis.pipeline import analyze, prepare
+from .analysis.relevance import relevance
+from .analysis.rollout import rollout_vector
 from .errors import CheckpointError, DETRError, ImageError, InputSizeError
-from .image import Geometry, load_image, preprocess
-from .postprocess import COCO_CLASSES, Detection, postprocess
-from .zoo import MODELS, build_model, default_device, load_model
+from .io.image import Geometry, PreparedImage, load_image, preprocess
+from .io.postprocess import COCO_CLASSES, Detection, postprocess
+from .models.zoo import MODELS, ModelSpec, build_model, default_device, get_spec, load_model
 
 __all__ = [
-    "MODELS", "build_model", "load_model", "default_device",
-    "load_image", "preprocess", "Geometry", "postprocess", "Detection", "COCO_CLASSES",
+    # models
+    "MODELS", "ModelSpec", "build_model", "default_device", "get_spec", "load_model",
+    # in and out
+    "load_image", "preprocess", "PreparedImage", "Geometry", "postprocess", "Detection", "COCO_CLASSES",
+    # the analysis of one pass
+    "analyze", "prepare", "capture", "Analysis", "encoder_map", "decoder_map", "EncoderMap", "LOOKS", "LOOKED_AT",
+    "rollout_vector", "relevance",
+    # errors
     "DETRError", "ImageError", "CheckpointError", "InputSizeError",
 ]  # fmt: skip

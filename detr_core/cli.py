@@ -17,12 +17,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from .attention import decoder_map, encoder_map
+from .analysis.attention import decoder_map, encoder_map
+from .analysis.pipeline import analyze
 from .errors import DETRError
-from .image import load_image
-from .pipeline import analyze
-from .render import draw_boxes, draw_cell, overlay
-from .zoo import MODELS, load_model
+from .io.image import load_image
+from .io.render import draw_boxes, draw_cell, overlay
+from .models.zoo import MODELS, load_model
 
 __all__ = ["main"]
 

@@ -3,7 +3,7 @@ in the official notebook, and a large view of one detection with raw attention o
 
 import streamlit as st
 
-from detr_core.render import draw_boxes
+from detr_core.io.render import draw_boxes
 from ui import compute, figures, state
 
 PLOT_KEY = "plot_decoder"

@@ -3,7 +3,7 @@ at it), per layer and head, for up to four points side by side as in the DETR pa
 
 import streamlit as st
 
-from detr_core.render import color_of, draw_cell
+from detr_core.io.render import color_of, draw_cell
 from ui import compute, figures, state
 
 PLOT_KEY = "plot_encoder"

@@ -65,7 +65,7 @@ def weights_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Pa
     Returns {"hub": the torch hub checkpoints dir, "bundled": the bundled dir, "weights_dir": a
     folder that is *not* yet named by $DETR_WEIGHTS_DIR (set it in the test to use it)}.
     """
-    from detr_core import weights, zoo
+    from detr_core.models import weights
 
     torch_home = tmp_path / "torch_home"
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
@@ -74,7 +74,7 @@ def weights_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Pa
     assert weights.hub_checkpoint_dir() == hub, "torch.hub.set_dir() was called: the hub cache is not isolated"
     bundled = tmp_path / "bundled"
     bundled.mkdir()
-    monkeypatch.setattr(zoo, "BUNDLED_DIR", bundled)
+    monkeypatch.setattr(weights, "BUNDLED_DIR", bundled)
     weights_dir = tmp_path / "weights_dir"
     weights_dir.mkdir()
     return {"hub": hub, "bundled": bundled, "weights_dir": weights_dir}

@@ -22,7 +22,7 @@ if str(REPO_ROOT) not in sys.path:
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from detr_core import MODELS, Geometry, load_image, load_model, preprocess  # noqa: E402
-from detr_core.zoo import SHAPES_CLASSES  # noqa: E402
+from detr_core.models.zoo import SHAPES_CLASSES  # noqa: E402
 from ui import state  # noqa: E402
 from ui.figures import cell_grid_trace  # noqa: E402
 
@@ -82,7 +82,7 @@ def scene_geometry(number: int) -> Geometry:
 
 
 def expected_detections(model, number: int, threshold: float):
-    from detr_core.pipeline import analyze
+    from detr_core.analysis.pipeline import analyze
 
     return analyze(model, state.scene_png(number), "detr_shapes").detections(threshold)
 
@@ -201,7 +201,7 @@ def test_a_clicked_point_from_the_url_selects_its_cell(scene):
 def test_click_markers_map_every_point_to_the_cell_that_holds_it(orig, min_size, stride):
     """The nearest transparent marker to any point of the photo (in screen pixels, at any display
     scale) carries the (row, col) that Geometry.pixel_to_cell gives for that point."""
-    from detr_core.image import resized_size
+    from detr_core.io.image import resized_size
 
     w, h = orig
     in_w, in_h = resized_size(w, h, min_size, 1333)
@@ -292,8 +292,8 @@ def test_model_page_shows_the_architecture_parameters_and_shapes(shapes_model, s
 
 
 def test_guide_page_measures_its_claims_on_the_current_image(shapes_model, scene):
-    from detr_core import stats
-    from detr_core.pipeline import analyze
+    from detr_core.analysis import stats
+    from detr_core.analysis.pipeline import analyze
 
     at = switch(new_app(scene=str(scene)), "guide")
     no_problems(at)
@@ -422,7 +422,8 @@ def test_model_page_builds_detr_demo_for_a_chosen_number_of_classes(scene):
 
 
 def test_a_download_reports_progress_and_a_failed_one_falls_back(monkeypatch, scene):
-    from detr_core import CheckpointError, weights
+    from detr_core import CheckpointError
+    from detr_core.models import weights
 
     reported = []
 

@@ -7,12 +7,13 @@ import math
 import pytest
 import torch
 
-from detr_core.attention import LOOKED_AT, LOOKS, decoder_map, encoder_map, rollout, rollout_vector
-from detr_core.capture import Analysis, capture
-from detr_core.image import Geometry, preprocess
-from detr_core.relevance import _normalize_residual, propagate, relevance
-from detr_core.stats import box_share, mean_attention_distance, normalized_entropy
-from detr_core.synthetic import make_scene
+from detr_core.analysis.attention import LOOKED_AT, LOOKS, decoder_map, encoder_map
+from detr_core.analysis.capture import Analysis, capture
+from detr_core.analysis.relevance import normalize_residual, propagate, relevance
+from detr_core.analysis.rollout import rollout, rollout_vector
+from detr_core.analysis.stats import box_share, mean_attention_distance, normalized_entropy
+from detr_core.io.image import Geometry, preprocess
+from detr_core.training.synthetic import make_scene
 
 
 def _analysis_from_logits(enc_logits: torch.Tensor, geometry: Geometry, cross_logits: torch.Tensor | None = None):
@@ -167,7 +168,7 @@ def _dense_relevance(cams: list[tuple[str, torch.Tensor]], query: int) -> torch.
         elif role == "decoder_self":
             r_qq, r_qi = r_qq + cam @ r_qq, r_qi + cam @ r_qi
         else:
-            r_qi = r_qi + _normalize_residual(r_qq).T @ cam @ _normalize_residual(r_ii)
+            r_qi = r_qi + normalize_residual(r_qq).T @ cam @ normalize_residual(r_ii)
     return r_qi[query]
 
 

@@ -115,7 +115,7 @@ def default_threshold() -> float:
 
 
 def expected_detections(model, data: bytes, threshold: float):
-    from detr_core.pipeline import analyze
+    from detr_core.analysis.pipeline import analyze
 
     return analyze(model, data, "detr_shapes").detections(threshold)
 

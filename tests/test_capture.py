@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from detr_core.capture import Analysis, CaptureError, attention_modules, capture
-from detr_core.config import DETRConfig, SmallBackboneConfig
-from detr_core.detr import build_detr
-from detr_core.image import Geometry, PreparedImage, preprocess
-from detr_core.synthetic import make_scene
-from detr_core.zoo import MODELS
+from detr_core.analysis.capture import Analysis, CaptureError, attention_modules, capture
+from detr_core.io.image import Geometry, PreparedImage, preprocess
+from detr_core.models.config import DETRConfig, SmallBackboneConfig
+from detr_core.models.detr import build_detr
+from detr_core.models.zoo import MODELS
+from detr_core.training.synthetic import make_scene
 
 TINY = DETRConfig(
     backbone="small", small_backbone=SmallBackboneConfig(channels=(32,), strides=(1,)), hidden_dim=64, nheads=4,
@@ -181,7 +181,7 @@ def test_analysis_of_800x1333_fits_in_48_mb(zoo_model):
 def _stock_attention_copy(model: nn.Module) -> nn.Module:
     """The same model with every project MultiheadAttention swapped for a plain nn.MultiheadAttention
     holding the same weights (no probe: the capture then hooks the module and recomputes q and k)."""
-    from detr_core.transformer import MultiheadAttention
+    from detr_core.models.transformer import MultiheadAttention
 
     clone = copy.deepcopy(model)
     for parent in list(clone.modules()):
@@ -196,7 +196,7 @@ def _stock_attention_copy(model: nn.Module) -> nn.Module:
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("grad", [False, True])
 def test_probed_attention_computes_what_nn_multiheadattention_computes(masked, grad):
-    from detr_core.transformer import MultiheadAttention
+    from detr_core.models.transformer import MultiheadAttention
 
     torch.manual_seed(0)
     ours = MultiheadAttention(64, 4).eval()

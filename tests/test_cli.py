@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from detr_core.synthetic import make_scene
+from detr_core.training.synthetic import make_scene
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from detr_core.box_ops import box_area, box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, generalized_box_iou
-from detr_core.criterion import SetCriterion
-from detr_core.matcher import HungarianMatcher, assign
+from detr_core.training.criterion import SetCriterion
+from detr_core.training.matcher import HungarianMatcher, assign
 
 
 def test_box_conversions_round_trip():

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from detr_core import load_image, load_model
-from detr_core.capture import capture
-from detr_core.fast import fast_dtype, fold_batchnorm, optimize_for_inference
-from detr_core.image import preprocess
-from detr_core.synthetic import make_scene
-from detr_core.zoo import MODELS
+from detr_core.analysis.capture import capture
+from detr_core.io.image import preprocess
+from detr_core.models.fast import fast_dtype, fold_batchnorm, optimize_for_inference
+from detr_core.models.zoo import MODELS
+from detr_core.training.synthetic import make_scene
 
 
 @pytest.mark.parametrize("name", ["detr_resnet50", "detr_resnet50_dc5", "detr_demo", "detr_shapes"])
@@ -71,7 +71,7 @@ def test_fast_mode_finds_the_same_detections(samples_dir):
 def test_fused_relus_give_the_folded_models_numbers(name):
     """fuse_relu changes where max(., 0) and the shortcut addition run, not what they compute: the
     fused backbone equals the merely folded one, through the oneDNN path and through the fallback."""
-    from detr_core.fast import ConvReLU, FusedBottleneck, _fusable, fuse_relu
+    from detr_core.models.fast import ConvReLU, FusedBottleneck, fusable, fuse_relu
 
     torch.manual_seed(0)
     folded = MODELS[name].builder(MODELS[name].config).eval().requires_grad_(False)
@@ -88,13 +88,13 @@ def test_fused_relus_give_the_folded_models_numbers(name):
     x = torch.randn(1, 3, 96, 128)
     body = (lambda m: m.backbone) if name == "detr_demo" else (lambda m: m.backbone[0])
     with torch.inference_mode():
-        assert _fusable(x)
+        assert fusable(x)
         want = body(folded)(x) if name != "detr_demo" else folded(x)["pred_logits"]
         got = body(fused)(x) if name != "detr_demo" else fused(x)["pred_logits"]
         scale = want.abs().max()  # random-weight ResNets grow activations into the hundreds
         torch.testing.assert_close(got, want, atol=1e-5 * scale, rtol=1e-5)
     x.requires_grad_(True)  # autograd: the fallback path (plain convolution, ReLU and addition)
     with torch.enable_grad():
-        assert not _fusable(x)
+        assert not fusable(x)
         got = body(fused)(x) if name != "detr_demo" else fused(x)["pred_logits"]
         torch.testing.assert_close(got.detach(), want, atol=1e-5 * scale, rtol=1e-5)

@@ -24,10 +24,9 @@ from hypothesis import strategies as st
 from PIL import EpsImagePlugin, Image
 
 from detr_core import DETRError, ImageError, build_model, load_image, load_model, preprocess
-from detr_core import weights as weights_mod
-from detr_core.pipeline import analyze
-from detr_core.synthetic import CLASSES, HELDOUT_FIRST_SEED, make_scene
-from detr_core.zoo import MODELS
+from detr_core.analysis.pipeline import analyze
+from detr_core.models.zoo import MODELS, model_status
+from detr_core.training.synthetic import CLASSES, HELDOUT_FIRST_SEED, make_scene
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hostile
@@ -47,7 +46,7 @@ def cases() -> dict[str, hostile.Case]:
 
 
 def trained() -> bool:
-    return weights_mod.checkpoint_status(MODEL) == "available"
+    return model_status(MODEL) == "available"
 
 
 @pytest.fixture(scope="module")

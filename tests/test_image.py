@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from detr_core import ImageError, load_image, preprocess
-from detr_core.image import IMAGENET_MEAN, IMAGENET_STD, Geometry, resized_size
+from detr_core.io.image import IMAGENET_MEAN, IMAGENET_STD, Geometry, resized_size
 
 SETTINGS = settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 

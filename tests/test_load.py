@@ -62,9 +62,9 @@ def _load_test_module():
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from detr_core import weights
+    from detr_core.models.zoo import model_status
 
-    if weights.checkpoint_status("detr_shapes") != "available":
+    if model_status("detr_shapes") != "available":
         pytest.skip("detr_shapes' checkpoint is missing: the load test compares real detections")
     load_test = _load_test_module()
     workdir = tmp_path_factory.mktemp("load")  # the server log and a failing session's screenshot stay here

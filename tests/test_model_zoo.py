@@ -15,11 +15,13 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from detr_core import CheckpointError, InputSizeError, build_model, load_model, zoo
-from detr_core.config import DETRConfig, SmallBackboneConfig
-from detr_core.detr import build_detr
-from detr_core.position_encoding import PositionEmbeddingSine
-from detr_core.zoo import MODELS, CheckpointInfo
+from detr_core import CheckpointError, InputSizeError, build_model, load_model
+from detr_core.models import zoo
+from detr_core.models.config import DETRConfig, SmallBackboneConfig
+from detr_core.models.detr import build_detr
+from detr_core.models.position_encoding import PositionEmbeddingSine
+from detr_core.models.weights import CheckpointInfo
+from detr_core.models.zoo import MODELS
 
 OFFICIAL = ["detr_resnet50", "detr_resnet50_dc5", "detr_resnet101", "detr_resnet101_dc5"]
 
@@ -216,7 +218,7 @@ def test_the_readme_example_runs(repo_root, weights_env, monkeypatch, capsys):
     """
     torch.manual_seed(0)
     tmp = weights_env["bundled"] / "tmp.pth"
-    torch.save(build_model("detr_shapes").state_dict(), tmp)  # a plain state dict, as detr_core.train exports
+    torch.save(build_model("detr_shapes").state_dict(), tmp)  # a plain state dict, as detr_core.training.train exports
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
     path = tmp.rename(weights_env["bundled"] / f"detr_shapes-{digest[:8]}.pth")
     spec = dataclasses.replace(MODELS["detr_shapes"], checkpoint=CheckpointInfo(path.name, None, 4.3))

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from detr_core import COCO_CLASSES, Detection, postprocess
+from detr_core import COCO_CLASSES, Detection
 from detr_core.box_ops import box_cxcywh_to_xyxy
-from detr_core.image import Geometry
+from detr_core.io.image import Geometry
+from detr_core.io.postprocess import postprocess
 
 # an original 640x480 photo, resized to 1067x800 for the model (stride 32)
 GEOMETRY = Geometry(orig_h=480, orig_w=640, input_h=800, input_w=1067, feat_h=25, feat_w=34, stride=32)

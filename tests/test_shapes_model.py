@@ -1,6 +1,6 @@
 """The bundled `detr_shapes` checkpoint: where it is, that its name carries its hash, and its quality gates.
 
-The gates are those `python -m detr_core.evaluate` prints for 500 held-out scenes, checked here on
+The gates are those `python -m detr_core.training.evaluate` prints for 500 held-out scenes, checked here on
 the first 100 of them (scene seeds the training never used).
 """
 
@@ -11,9 +11,10 @@ import hashlib
 import pytest
 import torch
 
-from detr_core.evaluate import attention_ratios, evaluate, load_shapes_model
-from detr_core.synthetic import HELDOUT_FIRST_SEED, make_batch
-from detr_core.zoo import BUNDLED_DIR, MODELS
+from detr_core.models.weights import BUNDLED_DIR
+from detr_core.models.zoo import MODELS
+from detr_core.training.evaluate import attention_ratios, evaluate, load_shapes_model
+from detr_core.training.synthetic import HELDOUT_FIRST_SEED, make_batch
 
 SPEC = MODELS["detr_shapes"]
 CHECKPOINT = BUNDLED_DIR / SPEC.checkpoint.filename

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from detr_core.box_ops import box_cxcywh_to_xyxy
-from detr_core.image import preprocess
-from detr_core.synthetic import BASE_SIZE, CLASSES, HELDOUT_FIRST_SEED, make_batch, make_scene, scene_seeds
-from detr_core.zoo import SHAPES_CLASSES
+from detr_core.io.image import preprocess
+from detr_core.models.zoo import SHAPES_CLASSES
+from detr_core.training.synthetic import BASE_SIZE, CLASSES, HELDOUT_FIRST_SEED, make_batch, make_scene, scene_seeds
 
 SEEDS = list(range(60)) + list(scene_seeds(20))
 

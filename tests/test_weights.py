@@ -19,9 +19,10 @@ import pytest
 import torch
 from torch import nn
 
-from detr_core import CheckpointError, weights
-from detr_core.weights import check_state_dict, checkpoint_status, read_state_dict, resolve_checkpoint
-from detr_core.zoo import MODELS, CheckpointInfo
+from detr_core import CheckpointError
+from detr_core.models import weights
+from detr_core.models.weights import CheckpointInfo, check_state_dict, read_state_dict, resolve_checkpoint
+from detr_core.models.zoo import MODELS, model_status
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -193,18 +194,18 @@ def test_hashes_are_cached_per_path_size_and_mtime(tmp_path, monkeypatch):
 
 
 def test_checkpoint_status_for_the_model_picker(weights_env, monkeypatch):
-    assert checkpoint_status("detr_resnet50") == "downloadable"
-    assert checkpoint_status(MODELS["detr_shapes"]) == "missing"  # bundled, no URL, not in the bundled dir
+    assert model_status("detr_resnet50") == "downloadable"
+    assert model_status(MODELS["detr_shapes"]) == "missing"  # bundled, no URL, not in the bundled dir
     weights_env["hub"].mkdir(parents=True)
     (weights_env["hub"] / MODELS["detr_resnet50"].checkpoint.filename).write_bytes(b"x")  # not hashed
-    assert checkpoint_status("detr_resnet50") == "available"
+    assert model_status("detr_resnet50") == "available"
     monkeypatch.setenv("DETR_WEIGHTS_DIR", str(weights_env["weights_dir"]))
     (weights_env["weights_dir"] / MODELS["detr_demo"].checkpoint.filename).write_bytes(b"x")
-    assert checkpoint_status("detr_demo") == "available"
+    assert model_status("detr_demo") == "available"
     (weights_env["bundled"] / MODELS["detr_shapes"].checkpoint.filename).write_bytes(b"x")
-    assert checkpoint_status("detr_shapes") == "available"
+    assert model_status("detr_shapes") == "available"
     with pytest.raises(CheckpointError, match="unknown model 'nope'"):
-        checkpoint_status("nope")
+        model_status("nope")
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,10 +16,11 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from detr_core import attention, render, stats
-from detr_core.capture import Analysis
-from detr_core.image import Geometry
-from detr_core.postprocess import Detection
+from detr_core.analysis import attention, stats
+from detr_core.analysis.capture import Analysis
+from detr_core.io import render
+from detr_core.io.image import Geometry
+from detr_core.io.postprocess import Detection
 
 # ------------------------------------------------------------------------------------------------
 # Layer / head choices as the UI shows them
@@ -109,7 +110,7 @@ def decoder_map_tensor(analysis: Analysis, query: int, layer: str = "mean", head
 
 
 def map_stats(attention_map, geometry: Geometry, box) -> dict:
-    """Share of a map inside a box vs chance, and its normalized entropy (detr_core.stats)."""
+    """Share of a map inside a box vs chance, and its normalized entropy (detr_core.analysis.stats)."""
     share, chance = stats.box_share(attention_map, geometry, box)
     return {
         "share": share,
@@ -287,7 +288,7 @@ def pass_shapes(analysis: Analysis, num_classes: int) -> list[dict]:
 @st.cache_data(max_entries=8, show_spinner=False)
 def architecture(name: str) -> dict:
     """The named model as `print(model)` shows it and its parameters per part, from the official
-    structure (the served model has batch norm folded away, see detr_core.fast)."""
+    structure (the served model has batch norm folded away, see detr_core.models.fast)."""
     from detr_core import build_model
 
     model = build_model(name)
@@ -297,8 +298,8 @@ def architecture(name: str) -> dict:
 @st.cache_data(max_entries=8, show_spinner=False)
 def detr_demo_facts(num_classes: int) -> dict:
     """A random DETRdemo built for `num_classes`: its parameters per part and its config."""
-    from detr_core.config import DETRDemoConfig
-    from detr_core.detr_demo import DETRdemo
+    from detr_core.models.config import DETRDemoConfig
+    from detr_core.models.detr_demo import DETRdemo
 
     cfg = DETRDemoConfig(num_classes=int(num_classes))
     model = DETRdemo(cfg)
@@ -306,6 +307,6 @@ def detr_demo_facts(num_classes: int) -> dict:
 
 
 def detr_demo_source() -> str:
-    from detr_core.detr_demo import DETRdemo
+    from detr_core.models.detr_demo import DETRdemo
 
     return inspect.getsource(DETRdemo)

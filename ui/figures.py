@@ -17,9 +17,9 @@ import io
 import plotly.graph_objects as go
 from PIL import Image
 
-from detr_core.image import Geometry
-from detr_core.postprocess import Detection
-from detr_core.render import color_of
+from detr_core.io.image import Geometry
+from detr_core.io.postprocess import Detection
+from detr_core.io.render import color_of
 
 PHOTO_HEIGHT = 520
 

@@ -38,12 +38,14 @@ from typing import Any
 import streamlit as st
 from PIL import Image
 
-from detr_core import MODELS, CheckpointError, DETRError, load_image, load_model, pipeline, weights
-from detr_core.capture import Analysis
-from detr_core.fast import optimize_for_inference
-from detr_core.image import Geometry
-from detr_core.postprocess import Detection
-from detr_core.zoo import ModelSpec
+from detr_core import MODELS, CheckpointError, DETRError, load_image, load_model
+from detr_core.analysis import pipeline
+from detr_core.analysis.capture import Analysis
+from detr_core.io.image import Geometry
+from detr_core.io.postprocess import Detection
+from detr_core.models import weights
+from detr_core.models.fast import optimize_for_inference
+from detr_core.models.zoo import ModelSpec, model_status
 
 from .lru import MB, BoundedLRU
 
@@ -128,7 +130,7 @@ def _model(name: str, weights_id: str):
     """The named model with its verified checkpoint, one per (name, checkpoint file), shared by every
     session. `weights_id` is the checkpoint's file name, which carries its hash: a replaced
     checkpoint is a new entry, never the old weights under the new name. The served copy has batch
-    norm folded into the backbone's convolutions (exact, faster; see detr_core.fast)."""
+    norm folded into the backbone's convolutions (exact, faster; see detr_core.models.fast)."""
     return optimize_for_inference(load_model(name))
 
 
@@ -149,7 +151,7 @@ def _image_nbytes(image: Image.Image) -> int:
 
 
 # One Analysis object is shared by every session that shows its image (st.cache_data used to hand
-# each run its own unpickled copy). Nothing mutates it: detr_core.attention/stats and ui/compute only
+# each run its own unpickled copy). Nothing mutates it: detr_core.analysis.attention/stats and ui/compute only
 # read its tensors (checked: no in-place op, no attribute assignment in pages/ or ui/); the one
 # mutable part, `extras` (a dict for lazily computed statistics, unused today), would be filled
 # with the same values by any session, which is benign (its size is measured once, when the
@@ -190,7 +192,7 @@ def _analysis(
 def relevance_map(key: tuple, query: int, _image_bytes: bytes):
     """Chefer et al. relevance of `query` over the image ([h, w]), computed once per key and query.
     One at a time in the whole server (see RELEVANCE_MAX_TOKENS); callers check `relevance_refusal`."""
-    from detr_core.relevance import relevance
+    from detr_core.analysis.relevance import relevance
 
     model_name, weights_id, _, min_size, max_size = key
     model = get_model(model_name, weights_id)
@@ -230,7 +232,7 @@ def _display_copy(image_hash: str, max_side: int, _image: Image.Image) -> Image.
 @st.cache_data(show_spinner=False, max_entries=256)
 def scene_png(number: int, size: int = SCENE_SIZE) -> bytes:
     """Synthetic scene `number` (a held-out seed) as PNG bytes."""
-    from detr_core import synthetic
+    from detr_core.training import synthetic
 
     image, _ = synthetic.make_scene(synthetic.HELDOUT_FIRST_SEED + number, size)
     buf = io.BytesIO()
@@ -240,7 +242,7 @@ def scene_png(number: int, size: int = SCENE_SIZE) -> bytes:
 
 def scenes_available() -> bool:
     try:
-        from detr_core import synthetic  # noqa: F401
+        from detr_core.training import synthetic  # noqa: F401
     except ImportError:
         return False
     return True
@@ -369,7 +371,7 @@ def default_threshold(spec: ModelSpec) -> float:
 def _default_model() -> tuple[str, str | None]:
     """The first official model whose checkpoint is here; else detr_shapes and why."""
     for name in OFFICIAL_PREFERENCE:
-        if name in MODELS and weights.checkpoint_status(MODELS[name]) == "available":
+        if name in MODELS and model_status(MODELS[name]) == "available":
             return name, None
     return SHAPES, (
         "No official DETR checkpoint is on this machine, so the explorer opened on the bundled "
@@ -457,7 +459,7 @@ def _on_model_change() -> None:
 
 def _model_label(name: str) -> str:
     spec = MODELS[name]
-    status = weights.checkpoint_status(spec)
+    status = model_status(spec)
     if status == "available":
         mark = "available"
     elif status == "downloadable":
@@ -477,7 +479,7 @@ def _ensure_model(name: str, progress_area) -> tuple[Any, str]:
     Returns (model, weights_id). Raises CheckpointError when it cannot be had.
     """
     spec = MODELS[name]
-    status = weights.checkpoint_status(spec)
+    status = model_status(spec)
     info = spec.checkpoint
     if status != "available":
         if status == "downloadable":

@@ -3,8 +3,9 @@
 Encoder self-attention at a pixel, in both directions (the row "where this location looks" and the
 column "what looks at this location", the official notebook's `sattn[..., y, x]`), per layer or
 the mean over layers, per head or the mean over heads; attention rollout across encoder layers
-(Abnar & Zuidema, 2020); decoder cross-attention of any query; decoder self-attention. Maps come
-back as [h, w] float tensors over the feature grid (tokens row by row).
+(Abnar & Zuidema, 2020, computed in `rollout`); decoder cross-attention of any query. Maps come
+back as [h, w] float tensors over the feature grid (tokens row by row); each is rebuilt from the
+stored queries, keys and log-sum-exps by `kernel`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ..errors import DETRError
+from . import kernel
 from .capture import Analysis
-from .errors import DETRError
+from .kernel import LOOKED_AT, LOOKS, Direction
+from .rollout import rollout_vector
 
 __all__ = [
     "LOOKED_AT",
@@ -26,21 +30,12 @@ __all__ = [
     "Head",
     "Layer",
     "decoder_map",
-    "decoder_self_attention",
     "encoder_attention",
     "encoder_map",
-    "full_attention",
-    "rollout",
-    "rollout_vector",
 ]  # fmt: skip
 
-Direction = Literal["looks", "looked_at"]
-LOOKS: Direction = "looks"  # row i: where location i looks (sums to 1 over the image)
-LOOKED_AT: Direction = "looked_at"  # column j: how much each location looks at j
 Layer = int | Literal["mean", "rollout"]  # 0-based layer index, the mean over layers, or rollout
 Head = int | None  # 0-based head index, or None for the mean over heads
-
-_CHUNK = 512  # rows per block when a whole [HW x HW] map is needed (bounds memory)
 
 
 @dataclass(frozen=True)
@@ -80,59 +75,10 @@ def encoder_attention(analysis: Analysis, layer: int, token: int, direction: Dir
     _check_layer(layer, analysis.enc_layers, "encoder")
     q, k, lse = analysis.enc_q[layer], analysis.enc_k[layer], analysis.enc_lse[layer]  # [nh, HW, d], [nh, HW]
     if direction == LOOKS:
-        return torch.exp(q[:, token : token + 1] @ k.transpose(1, 2) - lse[:, token, None, None])[:, 0]
+        return kernel.row(q, k, lse, token)
     if direction == LOOKED_AT:
-        return torch.exp((q @ k[:, token, :, None])[..., 0] - lse)
+        return kernel.column(q, k, lse, token)
     raise DETRError(f"direction must be {LOOKS!r} or {LOOKED_AT!r}, not {direction!r}")
-
-
-def full_attention(q: Tensor, k: Tensor, lse: Tensor, head: Head = None) -> Tensor:
-    """A whole attention matrix from stored queries/keys: [T_q, T_k] for one head or the head mean."""
-    heads = slice(None) if head is None else slice(head, head + 1)
-    return torch.exp(q[heads] @ k[heads].transpose(1, 2) - lse[heads, :, None]).mean(0)
-
-
-def rollout(maps: Tensor) -> Tensor:
-    """Attention rollout (Abnar & Zuidema, 2020) of [L, N, N] row-stochastic maps, first layer first.
-
-    Each layer's map is mixed with the identity for the residual path, A' = 0.5 A + 0.5 I (still
-    row-stochastic), and the layers are chained: R = A'_L ... A'_1. Row i of R says how much the
-    last layer's token i draws from each input token. Returns R [N, N].
-    """
-    n = maps.shape[-1]
-    eye = torch.eye(n, dtype=maps.dtype)
-    result = eye
-    for a in maps:
-        result = (0.5 * a + 0.5 * eye) @ result
-    return result
-
-
-def _apply(q: Tensor, k: Tensor, lse: Tensor, v: Tensor, transpose: bool) -> Tensor:
-    """Head-mean attention A [N, N] times a vector v [N] (A @ v, or A.T @ v), block by block."""
-    out = torch.zeros_like(v)
-    for start in range(0, q.shape[1], _CHUNK):
-        block = torch.exp(q[:, start : start + _CHUNK] @ k.transpose(1, 2) - lse[:, start : start + _CHUNK, None])
-        block = block.mean(0)  # [rows, N]
-        if transpose:
-            out += block.T @ v[start : start + _CHUNK]
-        else:
-            out[start : start + _CHUNK] = block @ v
-    return out
-
-
-def rollout_vector(analysis: Analysis, token: int, direction: Direction = LOOKS) -> Tensor:
-    """One row (LOOKS) or column (LOOKED_AT) of the encoder rollout matrix, without forming it: [HW].
-
-    Row i = e_i^T A'_L ... A'_1, column j = A'_L ... A'_1 e_j, with A' = 0.5 A + 0.5 I and A the
-    head-mean map of each layer.
-    """
-    v = torch.zeros(analysis.geometry.tokens, dtype=analysis.enc_q.dtype)
-    v[token] = 1.0
-    layers = range(analysis.enc_layers)
-    for layer in reversed(layers) if direction == LOOKS else layers:
-        q, k, lse = analysis.enc_q[layer], analysis.enc_k[layer], analysis.enc_lse[layer]
-        v = 0.5 * _apply(q, k, lse, v, transpose=direction == LOOKS) + 0.5 * v
-    return v
 
 
 def encoder_map(
@@ -181,14 +127,5 @@ def decoder_map(analysis: Analysis, query: int, layer: int | Literal["mean"] = -
     for i in layers:
         _check_layer(i, analysis.dec_layers, "decoder")
         q, k, lse = analysis.cross_q[i], analysis.cross_k[i], analysis.cross_lse[i]  # [nh, Q, d], [nh, HW, d]
-        per_head = torch.exp(q[:, query : query + 1] @ k.transpose(1, 2) - lse[:, query, None, None])[:, 0]
-        maps.append(_heads(per_head, head))
+        maps.append(_heads(kernel.row(q, k, lse, query), head))
     return torch.stack(maps).mean(0).view(*analysis.feat_hw)
-
-
-def decoder_self_attention(analysis: Analysis, query: int, layer: int = -1, head: Head = None) -> Tensor:
-    """How much query `query` attends to each other query in a decoder layer: [Q]."""
-    layer = layer + analysis.dec_layers if layer < 0 else layer
-    _check_layer(layer, analysis.dec_layers, "decoder")
-    _check_head(head, analysis.nheads)
-    return _heads(analysis.dec_self[layer, :, query], head)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from ..errors import ImageError
 
 __all__ = ["Geometry", "PreparedImage", "load_image", "preprocess", "resized_size", "MAX_PIXELS"]
 

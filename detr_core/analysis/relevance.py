@@ -31,10 +31,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .capture import _ACTIVE, CaptureError, attention_modules
-from .errors import DETRError
-from .image import PreparedImage
-from .transformer import in_projection
+from ..errors import DETRError
+from ..io.image import PreparedImage
+from ..models.transformer import in_projection
+from .capture import CaptureError, attention_modules
+from .recording import attention_inputs, is_active, recording
 
 __all__ = ["relevance"]
 
@@ -54,7 +55,7 @@ class _ExplicitAttention:
         self.source: Tensor | None = None  # the transformer's input, where the graph starts
 
     def input_hook(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
-        if _ACTIVE.get() is self:
+        if is_active(self):
             self.source = output.detach().requires_grad_(True)
             return self.source
         return None
@@ -66,13 +67,10 @@ class _ExplicitAttention:
         self.cam(call, grad, self.pending.pop(call))
 
     def attention_hook(self, module: nn.MultiheadAttention, args: tuple, *kwargs_and_output):
-        if _ACTIVE.get() is not self:  # not ours (see capture._Recorder.attention_hook)
+        if not is_active(self):  # another thread's recording, or none
             return None
-        kwargs = kwargs_and_output[0] if len(kwargs_and_output) == 2 else {}
-        query = args[0] if len(args) > 0 else kwargs["query"]
-        key = args[1] if len(args) > 1 else kwargs["key"]
-        value = args[2] if len(args) > 2 else kwargs["value"]
-        mask = kwargs.get("key_padding_mask", args[3] if len(args) > 3 else None)
+        call = attention_inputs(args, kwargs_and_output)
+        query, key, value, mask = call.query, call.key, call.value, call.key_padding_mask
         if module.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         T_q, B, E = query.shape
@@ -97,7 +95,7 @@ class _ExplicitAttention:
         return out, None
 
 
-def _normalize_residual(r: Tensor) -> Tensor:
+def normalize_residual(r: Tensor) -> Tensor:
     eye = torch.eye(r.shape[0], dtype=r.dtype)
     r_hat = r - eye
     sums = r_hat.sum(-1, keepdim=True)
@@ -120,7 +118,7 @@ def propagate(cams: list[tuple[str, Tensor]], query: int) -> Tensor:
             r_qq = r_qq + cam @ r_qq
             u = u + cam @ u
         elif role == "cross":
-            u = u + _normalize_residual(r_qq).T @ cam
+            u = u + normalize_residual(r_qq).T @ cam
         elif role != "encoder":  # pragma: no cover - attention_modules only returns the three roles
             raise CaptureError(f"unknown attention role {role}")
     ones = torch.ones(n_img, dtype=torch.float64)
@@ -143,11 +141,12 @@ def relevance(model: nn.Module, prepared: PreparedImage, query: int, class_id: i
     """
     roles = attention_modules(model)
     rec = _ExplicitAttention(roles)
-    handles = [m.register_forward_hook(rec.attention_hook, with_kwargs=True) for mods in roles.values() for m in mods]
-    handles.append(model.input_projection.register_forward_hook(rec.input_hook))
     device = next(model.parameters()).device
-    token = _ACTIVE.set(rec)
-    try:
+    with recording(rec) as handles:
+        handles += [
+            m.register_forward_hook(rec.attention_hook, with_kwargs=True) for mods in roles.values() for m in mods
+        ]
+        handles.append(model.input_projection.register_forward_hook(rec.input_hook))
         with torch.enable_grad():
             out = model(prepared.tensor.to(device))
             logits = out["pred_logits"][0]  # [Q, K+1]
@@ -160,10 +159,6 @@ def relevance(model: nn.Module, prepared: PreparedImage, query: int, class_id: i
             for (call, attn), grad in zip(leaves, grads[1:]):
                 if grad is not None:
                     rec.cam(call, grad, attn)
-    finally:
-        _ACTIVE.reset(token)
-        for h in handles:
-            h.remove()
 
     cams = [(role, rec.cams.get(call, torch.zeros(rec.shapes[call]))) for call, role in enumerate(rec.roles)]
     g = prepared.geometry

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .attention import _CHUNK, decoder_map
+from ..io.image import Geometry
+from ..io.postprocess import Detection
+from . import kernel
+from .attention import decoder_map
 from .capture import Analysis
-from .image import Geometry
-from .postprocess import Detection
 
 __all__ = [
     "DetectionStats",
@@ -82,21 +83,12 @@ def cell_centers(geometry: Geometry) -> Tensor:
     return torch.stack((xx.flatten(), yy.flatten()), dim=1)
 
 
-def _encoder_rows(analysis: Analysis, layer: int, head: int | None):
-    """Yield (start, rows [n, HW]) blocks of an encoder layer's map (one head or the head mean)."""
-    heads = slice(None) if head is None else slice(head, head + 1)
-    q, k, lse = analysis.enc_q[layer, heads], analysis.enc_k[layer, heads], analysis.enc_lse[layer, heads]
-    for start in range(0, q.shape[1], _CHUNK):
-        block = torch.exp(q[:, start : start + _CHUNK] @ k.transpose(1, 2) - lse[:, start : start + _CHUNK, None])
-        yield start, block.mean(0)
-
-
 def mean_attention_distance(analysis: Analysis, layer: int, head: int | None = None) -> float:
     """Attention-weighted distance (original px) from each location to where it looks, averaged over locations."""
     centers = cell_centers(analysis.geometry).float()
     dist = torch.cdist(centers, centers)  # [HW, HW]
     total = 0.0
-    for start, rows in _encoder_rows(analysis, layer, head):
+    for start, rows in kernel.row_blocks(analysis.enc_q[layer], analysis.enc_k[layer], analysis.enc_lse[layer], head):
         total += float((rows * dist[start : start + rows.shape[0]]).sum())
     return total / analysis.geometry.tokens
 
@@ -107,7 +99,7 @@ def encoder_entropy(analysis: Analysis, layer: int, head: int | None = None) -> 
     if n <= 1:
         return 0.0
     total = 0.0
-    for _, rows in _encoder_rows(analysis, layer, head):
+    for _, rows in kernel.row_blocks(analysis.enc_q[layer], analysis.enc_k[layer], analysis.enc_lse[layer], head):
         p = rows.double() / rows.double().sum(-1, keepdim=True)
         total += float(-(p * torch.log(p.clamp_min(1e-300))).sum())
     return total / n / math.log(n)

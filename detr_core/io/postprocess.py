@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .box_ops import box_cxcywh_to_xyxy
+from ..box_ops import box_cxcywh_to_xyxy
 from .image import Geometry
 
 __all__ = ["COCO_CLASSES", "COLORS", "Detection", "postprocess"]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from ..box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 from .matcher import HungarianMatcher
 
 __all__ = ["SetCriterion"]

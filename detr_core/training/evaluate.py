@@ -1,6 +1,6 @@
 """Evaluation CLI and metrics of `detr_shapes` on held-out synthetic scenes: the model's quality gates.
 
-    python -m detr_core.evaluate [--checkpoint FILE] [--scenes 500] [--threshold T] [--attention]
+    python -m detr_core.training.evaluate [--checkpoint FILE] [--scenes 500] [--threshold T] [--attention]
 
 Each query gives one detection (its most probable real class, scored by that softmax probability, as
 `postprocess` does). AP50 is the mean over classes of the all-point interpolated average precision
@@ -21,13 +21,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .attention import decoder_map, encoder_map
-from .box_ops import box_cxcywh_to_xyxy, box_iou
-from .capture import capture
-from .image import preprocess
-from .stats import box_share
+from ..analysis.attention import decoder_map, encoder_map
+from ..analysis.capture import capture
+from ..analysis.stats import box_share
+from ..box_ops import box_cxcywh_to_xyxy, box_iou
+from ..io.image import preprocess
+from ..models.weights import BUNDLED_DIR
+from ..models.zoo import MODELS, build_model
 from .synthetic import HELDOUT_FIRST_SEED, make_batch, make_scene
-from .zoo import BUNDLED_DIR, MODELS, build_model
 
 __all__ = ["attention_ratios", "average_precision", "evaluate", "load_shapes_model", "main", "predict"]
 
@@ -186,7 +187,7 @@ def load_shapes_model(checkpoint: Path | None = None) -> nn.Module:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m detr_core.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m detr_core.training.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, help="a state dict (default: the bundled detr_shapes checkpoint)")
     p.add_argument("--scenes", type=int, default=500)
     p.add_argument("--first-seed", type=int, default=HELDOUT_FIRST_SEED)

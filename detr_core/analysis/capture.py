@@ -8,35 +8,35 @@ computes any row or column exactly: each layer's projected, scaled queries and k
 the log-sum-exp of every row. Row i of a head's map is exp(q_i . K^T - lse_i); column j is
 exp(Q . k_j - lse); both equal softmax(QK^T / sqrt(d_head)) to float rounding.
 
-Cost: the project's own transformer (detr_core.transformer.MultiheadAttention) hands its
+Cost: the project's own transformer (detr_core.models.transformer.MultiheadAttention) hands its
 projected queries and keys and the fused kernel's row log-sum-exp to a probe submodule, so the
 hooks only keep references: nothing is computed twice. Any other `nn.MultiheadAttention` (the
 `nn.Transformer` of `DETRdemo`) is hooked as a whole; its hook projects queries and keys again and
 gets the log-sum-exp from the same fused kernel.
 
-Thread safety: one model is shared by every user of the dashboard. Hooks registered by one capture
-fire in every thread that runs the model, so each hook records only when its own capture is the
-one active in the current thread (a ContextVar). Hooks are removed in a `finally`.
+Thread safety: one model is shared by every user of the dashboard; the hooks record only for the
+capture that is active in the current thread, and are removed however the pass ends
+(`recording.recording`). Maps are read from the analysis by `attention` and `rollout`, which
+rebuild them with `kernel`.
 """
 
 from __future__ import annotations
 
-import contextvars
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from .errors import DETRError
-from .image import Geometry, PreparedImage
-from .postprocess import COCO_CLASSES, Detection, postprocess
-from .transformer import _FLASH_CPU, AttentionProbe, in_projection
+from ..errors import DETRError
+from ..io.image import Geometry, PreparedImage
+from ..io.postprocess import COCO_CLASSES, Detection, postprocess
+from ..models.transformer import AttentionProbe, in_projection
+from .kernel import row_logsumexp
+from .recording import attention_inputs, is_active, recording
 
 __all__ = ["Analysis", "CaptureError", "attention_modules", "capture"]
-
-_ACTIVE: contextvars.ContextVar[object | None] = contextvars.ContextVar("detr_capture_active", default=None)
 
 
 class CaptureError(DETRError):
@@ -68,7 +68,6 @@ class Analysis:
     model_name: str = ""
     forward_ms: float = 0.0  # wall time of the captured forward pass
     device: str = "cpu"
-    extras: dict = field(default_factory=dict)  # lazily computed, e.g. per-layer statistics
 
     @property
     def enc_layers(self) -> int:
@@ -93,7 +92,6 @@ class Analysis:
     def nbytes(self) -> int:
         """Memory held by the analysis' tensors."""
         tensors = [v for v in vars(self).values() if isinstance(v, Tensor)]
-        tensors += [v for v in self.extras.values() if isinstance(v, Tensor)]
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -121,7 +119,7 @@ def attention_modules(model: nn.Module) -> dict[str, list[nn.MultiheadAttention]
     return roles
 
 
-def _project_qk(mha: nn.MultiheadAttention, query: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
+def project_qk(mha: nn.MultiheadAttention, query: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
     """The module's own query/key projections, split into heads: [B, nh, T, d] each (not scaled)."""
     if not mha._qkv_same_embed_dim:
         raise CaptureError("nn.MultiheadAttention with separate q/k/v projection weights is not supported")
@@ -130,21 +128,10 @@ def _project_qk(mha: nn.MultiheadAttention, query: Tensor, key: Tensor) -> tuple
     return in_projection(mha, query, key)
 
 
-def _hooked(attention: nn.MultiheadAttention) -> nn.Module:
+def hooked_module(attention: nn.MultiheadAttention) -> nn.Module:
     """What the capture hooks for one attention: its AttentionProbe if it has one, else itself."""
     probe = getattr(attention, "probe", None)
     return probe if isinstance(probe, AttentionProbe) else attention
-
-
-def _row_logsumexp(q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor:
-    """Log-sum-exp of each row of q k^T (q already scaled): q [nh, T_q, d], k [nh, T_k, d] -> [nh, T_q].
-    On the CPU the fused flash kernel gives it without materialising the [nh, T_q, T_k] logits."""
-    if _FLASH_CPU is not None and q.device.type == "cpu" and mask is None:
-        return _FLASH_CPU(q[None], k[None], k[None], scale=1.0)[1][0]
-    logits = q @ k.transpose(1, 2)  # [nh, T_q, T_k]
-    if mask is not None:
-        logits = logits.masked_fill(mask[0].view(1, 1, -1).bool(), float("-inf"))
-    return logits.logsumexp(-1)
 
 
 class _Recorder:
@@ -152,7 +139,7 @@ class _Recorder:
 
     def __init__(self, roles: dict[str, list[nn.MultiheadAttention]]):
         # id of each hooked module (the attention, or its probe) -> (role, layer index)
-        self.index = {id(_hooked(m)): (role, i) for role, mods in roles.items() for i, m in enumerate(mods)}
+        self.index = {id(hooked_module(m)): (role, i) for role, mods in roles.items() for i, m in enumerate(mods)}
         self.enc: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         self.dec_self: dict[int, Tensor] = {}
         self.cross: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
@@ -161,23 +148,18 @@ class _Recorder:
 
     def attention_hook(self, module: nn.MultiheadAttention, args: tuple, *kwargs_and_output) -> None:
         """Forward hook on a plain nn.MultiheadAttention: project q and k again from its inputs."""
-        # Another thread's capture (or none) is not ours to record. Checked first, before reading the
-        # arguments: while another thread registers a with_kwargs hook, torch can briefly call it
-        # without kwargs (the hook is in `_forward_hooks` before `_forward_hooks_with_kwargs`).
-        if _ACTIVE.get() is not self:
+        # Another thread's capture (or none) is not ours to record: checked before reading the arguments.
+        if not is_active(self):
             return
-        kwargs = kwargs_and_output[0] if len(kwargs_and_output) == 2 else {}
-        query = args[0] if len(args) > 0 else kwargs["query"]
-        key = args[1] if len(args) > 1 else kwargs["key"]
-        mask = kwargs.get("key_padding_mask", args[3] if len(args) > 3 else None)
-        if kwargs.get("attn_mask", args[5] if len(args) > 5 else None) is not None:
+        call = attention_inputs(args, kwargs_and_output)
+        if call.attn_mask is not None:
             raise CaptureError("attention masks (attn_mask) are not supported by the capture layer")
-        q, k = _project_qk(module, query, key)
-        self.record(id(module), q, k, None, mask)
+        q, k = project_qk(module, call.query, call.key)
+        self.record(id(module), q, k, None, call.key_padding_mask)
 
     def probe_hook(self, probe: nn.Module, args: tuple, output: None) -> None:
-        """Forward hook on a detr_core.transformer.AttentionProbe: the attention's own q, k and lse."""
-        if _ACTIVE.get() is self:
+        """Forward hook on a detr_core.models.transformer.AttentionProbe: the attention's own q, k and lse."""
+        if is_active(self):
             self.record(id(probe), *args)
 
     def record(self, module_id: int, q: Tensor, k: Tensor, lse: Tensor | None, mask: Tensor | None) -> None:
@@ -193,15 +175,15 @@ class _Recorder:
                 logits = logits.masked_fill(mask[0].view(1, 1, -1).bool(), float("-inf"))
             self.dec_self[i] = logits.softmax(-1)
             return
-        lse = _row_logsumexp(q, k, mask) if lse is None else lse[0].float()  # [nh, T_q]
+        lse = row_logsumexp(q, k, mask) if lse is None else lse[0].float()  # [nh, T_q]
         (self.enc if role == "encoder" else self.cross)[i] = (q, k, lse)
 
     def decoder_layer_hook(self, module: nn.Module, args: tuple, output: Tensor) -> None:
-        if _ACTIVE.get() is self:
+        if is_active(self):
             self.dec_out.append(output)  # [Q, B, C] (or [B, Q, C] when batch_first)
 
     def projection_pre_hook(self, module: nn.Module, args: tuple) -> None:
-        if _ACTIVE.get() is self:
+        if is_active(self):
             self.feature_shape = tuple(args[0].shape)  # [1, C_backbone, h, w]
 
 
@@ -228,17 +210,15 @@ def capture(
     roles = attention_modules(model)
     decoder = _decoder(model)
     rec = _Recorder(roles)
-    handles = []
-    for m in (m for mods in roles.values() for m in mods):
-        if _hooked(m) is not m:
-            handles.append(m.probe.register_forward_hook(rec.probe_hook))
-        else:
-            handles.append(m.register_forward_hook(rec.attention_hook, with_kwargs=True))
-    handles += [layer.register_forward_hook(rec.decoder_layer_hook) for layer in decoder.layers]
-    handles.append(model.input_projection.register_forward_pre_hook(rec.projection_pre_hook))
     device = next(model.parameters()).device
-    token = _ACTIVE.set(rec)
-    try:
+    with recording(rec) as handles:
+        for m in (m for mods in roles.values() for m in mods):
+            if hooked_module(m) is not m:
+                handles.append(m.probe.register_forward_hook(rec.probe_hook))
+            else:
+                handles.append(m.register_forward_hook(rec.attention_hook, with_kwargs=True))
+        handles += [layer.register_forward_hook(rec.decoder_layer_hook) for layer in decoder.layers]
+        handles.append(model.input_projection.register_forward_pre_hook(rec.projection_pre_hook))
         x = prepared.tensor.to(device)
         with (
             torch.inference_mode(),
@@ -252,10 +232,6 @@ def capture(
             hs = torch.stack([decoder.norm(o) for o in rec.dec_out])  # [L, Q, 1, C]
             hs = hs[:, :, 0] if not roles["cross"][0].batch_first else hs[:, 0]  # [L, Q, C]
             logits, boxes = model.heads(hs)  # [L, Q, K+1], [L, Q, 4]
-    finally:
-        _ACTIVE.reset(token)
-        for h in handles:
-            h.remove()
 
     n_enc, n_dec = len(roles["encoder"]), len(roles["cross"])
     if len(rec.enc) != n_enc or len(rec.cross) != n_dec or len(rec.dec_self) != len(roles["decoder_self"]):

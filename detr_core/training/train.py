@@ -1,6 +1,6 @@
 """Training CLI for the project's own small DETR (`detr_shapes`) on procedurally generated scenes.
 
-    python -m detr_core.train --seed 0 --steps 4500 --out runs/shapes
+    python -m detr_core.training.train --seed 0 --steps 4500 --out runs/shapes
 
 Every step draws a fresh batch of scenes (scene seeds 0, 1, 2, ... in order, never the held-out
 range), runs DETR's set loss with auxiliary decoding losses, and takes an AdamW step with gradient
@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..models.weights import BUNDLED_DIR
+from ..models.zoo import MODELS, build_model
 from .criterion import SetCriterion
 from .synthetic import BASE_SIZE, HELDOUT_FIRST_SEED, TRAIN_FIRST_SEED, make_batch
-from .zoo import BUNDLED_DIR, MODELS, build_model
 
 __all__ = ["TrainConfig", "export_checkpoint", "learning_rate", "main", "train"]
 
@@ -221,7 +222,7 @@ def export_checkpoint(state_dict_path: Path, half: bool = False, dest_dir: Path 
 
 def _parser() -> argparse.ArgumentParser:
     d = TrainConfig
-    p = argparse.ArgumentParser(prog="python -m detr_core.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m detr_core.training.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the weights' initialization")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)

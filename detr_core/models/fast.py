@@ -83,7 +83,7 @@ def fold_batchnorm(module: nn.Module) -> int:
     return folded
 
 
-def _fusable(x: Tensor) -> bool:
+def fusable(x: Tensor) -> bool:
     """Whether oneDNN's fused convolutions can run on `x`: float32 on the CPU, no autocast, no autograd."""
     return (
         _POINTWISE is not None
@@ -111,7 +111,7 @@ class ConvReLU(nn.Module):
         self.conv = conv
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.conv.padding_mode == "zeros" and _fusable(x):
+        if self.conv.padding_mode == "zeros" and fusable(x):
             return _conv(self.conv, x, "relu")
         return F.relu(self.conv(x))
 
@@ -129,7 +129,7 @@ class FusedBottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        if not _fusable(x):
+        if not fusable(x):
             out = F.relu(self.conv2(F.relu(self.conv1(x))))
             return F.relu(self.conv3(out) + shortcut)
         out = _conv(self.conv2, _conv(self.conv1, x, "relu"), "relu")

@@ -14,8 +14,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from ..errors import InputSizeError
 from .config import DETRDemoConfig
-from .errors import InputSizeError
 
 __all__ = ["DETRdemo"]
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "AttentionProbe",
+    "FLASH_ATTENTION_CPU",
     "MultiheadAttention",
     "in_projection",
     "Transformer",
@@ -27,7 +28,7 @@ __all__ = [
 
 # The CPU flash-attention kernel behind F.scaled_dot_product_attention; it also returns the row
 # log-sum-exp of the scaled logits. Private in torch, so looked up once and optional.
-_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+FLASH_ATTENTION_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
 class AttentionProbe(nn.Module):
@@ -99,8 +100,14 @@ class MultiheadAttention(nn.MultiheadAttention):
         dropout = self.dropout if self.training else 0.0
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         lse = None
-        if _FLASH_CPU is not None and q.device.type == "cpu" and mask is None and dropout == 0.0 and not needs_grad:
-            out, lse = _FLASH_CPU(q, k, v)  # [B, nh, T_q, d], [B, nh, T_q]
+        if (
+            FLASH_ATTENTION_CPU is not None
+            and q.device.type == "cpu"
+            and mask is None
+            and dropout == 0.0
+            and not needs_grad
+        ):
+            out, lse = FLASH_ATTENTION_CPU(q, k, v)  # [B, nh, T_q, d], [B, nh, T_q]
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         self.probe(q, k, lse, key_padding_mask)

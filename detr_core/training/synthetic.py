@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .image import IMAGENET_MEAN, IMAGENET_STD
+from ..io.image import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "BASE_SIZE", "CLASSES", "HELDOUT_FIRST_SEED", "TRAIN_FIRST_SEED",

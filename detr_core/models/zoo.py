@@ -13,32 +13,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import CheckpointError
+from ..io.postprocess import COCO_CLASSES
 from .config import DETRConfig, DETRDemoConfig, SmallBackboneConfig
 from .detr import build_detr
 from .detr_demo import DETRdemo
-from .errors import CheckpointError
-from .postprocess import COCO_CLASSES
+from .weights import CheckpointInfo, check_state_dict, checkpoint_status, read_state_dict, resolve_checkpoint
 
-__all__ = ["CheckpointInfo", "ModelSpec", "MODELS", "build_model", "load_model", "default_device", "SHAPES_CLASSES"]
+__all__ = [
+    "MODELS", "ModelSpec", "SHAPES_CLASSES", "build_model", "default_device", "get_spec", "load_model", "model_status",
+]  # fmt: skip
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/detr/"
-BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
 SHAPES_CLASSES = ("ellipse", "rectangle", "triangle", "ring")
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """Where a checkpoint comes from and how to check and read it."""
-
-    filename: str  # torch.hub convention: "<name>-<first hex digits of its SHA-256>.pth"
-    url: str | None  # None for the bundled checkpoint
-    size_mb: float  # approximate download size
-    state_dict_key: str | None = "model"  # official checkpoints keep the weights under "model"
-    half: bool = False  # stored in float16 (detr_demo): loaded as float32
-
-    @property
-    def sha256_prefix(self) -> str:
-        return Path(self.filename).stem.rsplit("-", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -116,7 +103,8 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-def _spec(name: str) -> ModelSpec:
+def get_spec(name: str) -> ModelSpec:
+    """The registry entry of `name`, or a CheckpointError that lists the known names."""
     try:
         return MODELS[name]
     except KeyError:
@@ -125,7 +113,7 @@ def _spec(name: str) -> ModelSpec:
 
 def build_model(name: str) -> nn.Module:
     """The named model with random weights (no download), in train mode like any fresh nn.Module."""
-    spec = _spec(name)
+    spec = get_spec(name)
     return spec.builder(spec.config)
 
 
@@ -144,9 +132,7 @@ def load_model(
     The checkpoint is found by `weights.resolve_checkpoint` (an explicit file, $DETR_WEIGHTS_DIR,
     the torch hub cache, the bundled folder, then a verified download reporting to `progress`).
     """
-    from .weights import check_state_dict, read_state_dict, resolve_checkpoint
-
-    spec = _spec(name)
+    spec = get_spec(name)
     path = resolve_checkpoint(spec.checkpoint, path=checkpoint, progress=progress)
     state_dict = read_state_dict(path, spec.checkpoint)
     model = build_model(name)
@@ -154,3 +140,9 @@ def load_model(
     model.load_state_dict(state_dict, strict=True)
     model.requires_grad_(False)
     return model.eval().to(device or default_device())
+
+
+def model_status(model: ModelSpec | str) -> str:
+    """Whether a model's checkpoint is "available" here, "downloadable" or "missing" (nothing is hashed)."""
+    spec = get_spec(model) if isinstance(model, str) else model
+    return checkpoint_status(spec.checkpoint)

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..io.image import PreparedImage, load_image, preprocess
+from ..models.zoo import MODELS, ModelSpec
 from .capture import Analysis, capture
-from .image import PreparedImage, load_image, preprocess
-from .zoo import MODELS, ModelSpec
 
 __all__ = ["analyze", "prepare"]
 

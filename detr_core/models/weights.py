@@ -6,7 +6,7 @@ Where a checkpoint is looked for, in order (`resolve_checkpoint`):
 2. ``$DETR_WEIGHTS_DIR/<filename>`` (a folder of checkpoints copied by hand, e.g. on an offline machine);
 3. the torch hub cache, ``<torch.hub.get_dir()>/checkpoints/<filename>`` (so a checkpoint that
    ``torch.hub`` downloaded before is reused, and ours are reused by ``torch.hub``);
-4. the package's bundled folder (`zoo.BUNDLED_DIR`, the project's own small model);
+4. the package's bundled folder (`BUNDLED_DIR`, the project's own small model);
 5. a download from the checkpoint's URL into the torch hub cache.
 
 Verification follows torch.hub's ``check_hash`` convention: the hex digits after the last ``-`` of
@@ -35,15 +35,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from . import zoo
-from .errors import CheckpointError
-from .zoo import CheckpointInfo, ModelSpec
+from ..errors import CheckpointError
 
 try:  # POSIX: a lock that also holds between processes
     import fcntl
@@ -51,6 +50,8 @@ except ImportError:  # pragma: no cover - Windows: threads are still serialized
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "BUNDLED_DIR",
+    "CheckpointInfo",
     "DOWNLOAD_TIMEOUT_S",
     "WEIGHTS_DIR_ENV",
     "check_state_dict",
@@ -75,6 +76,24 @@ _hash_cache: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> S
 _file_locks: dict[str, threading.Lock] = {}
 _file_locks_guard = threading.Lock()
 
+# The folder shipped inside the package: the project's own detr_shapes checkpoint and its model card.
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Where a checkpoint comes from and how to check and read it."""
+
+    filename: str  # torch.hub convention: "<name>-<first hex digits of its SHA-256>.pth"
+    url: str | None  # None for the bundled checkpoint
+    size_mb: float  # approximate download size
+    state_dict_key: str | None = "model"  # official checkpoints keep the weights under "model"
+    half: bool = False  # stored in float16 (detr_demo): loaded as float32
+
+    @property
+    def sha256_prefix(self) -> str:
+        return Path(self.filename).stem.rsplit("-", 1)[-1]
+
 
 # ----------------------------------------------------------------------------------------------
 # Where checkpoints live
@@ -92,7 +111,7 @@ def _local_candidates(info: CheckpointInfo) -> list[Path]:
     if weights_dir:
         places.append(Path(weights_dir).expanduser() / info.filename)
     places.append(hub_checkpoint_dir() / info.filename)
-    places.append(Path(zoo.BUNDLED_DIR) / info.filename)
+    places.append(Path(BUNDLED_DIR) / info.filename)
     return places
 
 
@@ -101,17 +120,15 @@ def local_checkpoint(info: CheckpointInfo) -> Path | None:
     return next((p for p in _local_candidates(info) if p.is_file()), None)
 
 
-def checkpoint_status(spec: ModelSpec | str) -> Literal["available", "downloadable", "missing"]:
-    """Whether a model's checkpoint can be loaded now (for a model picker); cheap: nothing is hashed.
+def checkpoint_status(info: CheckpointInfo) -> Literal["available", "downloadable", "missing"]:
+    """Whether a checkpoint can be loaded now (for a model picker); cheap: nothing is hashed.
 
     "available": a copy is on this machine; "downloadable": not here, but it has a URL;
     "missing": neither (e.g. the bundled model before it is trained).
     """
-    if isinstance(spec, str):
-        spec = zoo._spec(spec)
-    if local_checkpoint(spec.checkpoint) is not None:
+    if local_checkpoint(info) is not None:
         return "available"
-    return "downloadable" if spec.checkpoint.url else "missing"
+    return "downloadable" if info.url else "missing"
 
 
 def _where_to_put_it(info: CheckpointInfo) -> str:
