@@ -1,10 +1,12 @@
 """detr_core: a faithful DETR, its checkpoints, and everything needed to look inside it. No UI.
 
-    model = load_model("detr_shapes")                 # models/: the zoo, checkpoints
-    analysis = analyze(model, "photo.jpg", "detr_shapes")  # analysis/: one pass, every attention map
-    detections = analysis.detections(threshold=0.8)   # io/: Detection, in original-image pixels
-    encoder_map(analysis, x=120, y=80).map            # [h, w] "where this pixel looks"
-    decoder_map(analysis, detections[0].query)        # [h, w] cross-attention of that query
+Example::
+
+    >>> model = load_model("detr_shapes")  # models/: the zoo and its checkpoints
+    >>> analysis = analyze(model, "photo.jpg", "detr_shapes")  # analysis/: one pass, every attention map
+    >>> detections = analysis.detections(threshold=0.8)  # io/: Detection, original-image pixels
+    >>> encoder_map(analysis, x=120, y=80).map  # [h, w]: where this pixel looks
+    >>> decoder_map(analysis, detections[0].query)  # [h, w]: that query's cross-attention
 """
 
 from .analysis.attention import LOOKED_AT, LOOKS, EncoderMap, decoder_map, encoder_map

@@ -1,4 +1,4 @@
-"""Command line: analyse photos without the dashboard.
+"""Command line: analyze photos without the dashboard.
 
     python -m detr_core IMAGE... --model NAME [--threshold T] [--points X,Y ...] --out DIR
 
@@ -61,7 +61,7 @@ def _safe_stem(path: Path, used: set[str]) -> str:
     return name
 
 
-def analyse_file(
+def analyze_file(
     model, spec_name: str, path: Path, out_dir: Path, threshold: float, points: list[tuple[float, float]]
 ) -> int:
     """Write every output for one image; returns the number of detections. Raises DETRError."""
@@ -96,7 +96,7 @@ def analyse_file(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m detr_core", description=__doc__.split("\n\n")[0])
-    parser.add_argument("images", nargs="+", type=Path, help="photos to analyse")
+    parser.add_argument("images", nargs="+", type=Path, help="photos to analyze")
     parser.add_argument("--model", default="detr_resnet50", choices=sorted(MODELS), help="model of the zoo")
     parser.add_argument("--checkpoint", type=Path, help="a local checkpoint file (default: the registry's)")
     parser.add_argument("--threshold", type=float, help="keep detections above this score (default: the model's)")
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     spec = MODELS[args.model]
-    threshold = args.threshold if args.threshold is not None else getattr(spec, "default_threshold", 0.9)
+    threshold = args.threshold if args.threshold is not None else spec.default_threshold
     try:
         model = load_model(args.model, checkpoint=args.checkpoint, device=args.device)
     except DETRError as e:
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     failures, used, start = 0, set(), time.perf_counter()
     for i, path in enumerate(args.images):
         try:
-            n = analyse_file(model, args.model, path, args.out / _safe_stem(path, used), threshold, args.points)
+            n = analyze_file(model, args.model, path, args.out / _safe_stem(path, used), threshold, args.points)
             sys.stderr.write(f"\r{path}: {n} detection(s)\033[K\n")
         except DETRError as e:
             failures += 1

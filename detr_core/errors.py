@@ -11,7 +11,7 @@ class DETRError(Exception):
 
 
 class ImageError(DETRError):
-    """The bytes are not an image we can analyse (empty, not an image, corrupt, too large, ...)."""
+    """The bytes are not an image we can analyze (empty, not an image, corrupt, too large, ...)."""
 
 
 class CheckpointError(DETRError):

@@ -3,6 +3,7 @@ in the official notebook, and a large view of one detection with raw attention o
 
 import streamlit as st
 
+from detr_core.analysis import stats
 from detr_core.io.render import draw_boxes
 from ui import compute, figures, state
 
@@ -34,7 +35,7 @@ def render() -> None:
     if view is None:
         return
     ss = st.session_state
-    a, g = view.analysis, view.geometry
+    analysis, geometry = view.analysis, view.geometry
     detections = view.detections()
     if not detections:
         st.info(
@@ -43,25 +44,22 @@ def render() -> None:
         )
         return
     by_query = {d.query: d for d in detections}
-    index = {d.query: i for i, d in enumerate(detections)}  # colour = position in the list, as on Detect
 
     st.caption(
         "Each detection comes from one object query. Its cross-attention (last decoder layer, mean over heads) "
         "shows which image regions it read: usually the object's extremities."
     )
     thumb = view.display_image(260)
-    tg = view.display_geometry(thumb)
+    thumb_geometry = view.display_geometry(thumb)
     shown = detections[:PANELS]
     for start in range(0, len(shown), PER_ROW):
         cols = st.columns(PER_ROW)
         for col, det in zip(cols, shown[start : start + PER_ROW], strict=False):
-            m = compute.decoder_result(a, det.query, str(a.dec_layers), "mean")
+            cross_map = compute.decoder_result(analysis, det.query, str(analysis.dec_layers), "mean")
             title = f"query id: {det.query} · {det.class_name}"
-            col.image(compute.heatmap_image(m, tg), caption=title, width="stretch")
-            scaled = compute.scale_detection(det, thumb.width / g.orig_w)
-            col.image(
-                _boxed(thumb, scaled, index[det.query]), caption=f"{det.class_name}: {det.score:.2f}", width="stretch"
-            )
+            col.image(compute.heatmap_image(cross_map, thumb_geometry), caption=title, width="stretch")
+            scaled = compute.scale_detection(det, thumb.width / geometry.orig_w)
+            col.image(draw_boxes(thumb, [scaled]), caption=f"{det.class_name}: {det.score:.2f}", width="stretch")
     if len(detections) > PANELS:
         st.caption(f"{len(detections) - PANELS} more detections: pick them below.")
 
@@ -78,7 +76,7 @@ def render() -> None:
             format_func=lambda q: f"query {q}: {by_query[q].class_name} ({by_query[q].score:.2f})",
         )  # fmt: skip
         fig = figures.detections_figure(
-            view.display_image(), g, detections, clickable=True, highlight=query, height=420
+            view.display_image(), geometry, detections, clickable=True, highlight=query, height=420
         )
         st.plotly_chart(
             fig,
@@ -94,44 +92,40 @@ def render() -> None:
         c1, c2, c3 = st.columns([1.3, 1, 1])
         state.keep_valid("p_dec_mode", list(MODES), MODES[0])
         mode = c1.radio("Show", MODES, key="p_dec_mode")
-        layers = compute.layer_options(a.dec_layers, ("mean",))
-        state.keep_valid("p_dec_layer", layers, str(a.dec_layers))
-        ss.setdefault("p_dec_layer", str(a.dec_layers))
-        refusal = state.relevance_refusal(a) if mode == MODES[1] else None
+        layers = compute.layer_options(analysis.dec_layers, ("mean",))
+        state.keep_valid("p_dec_layer", layers, str(analysis.dec_layers))
+        ss.setdefault("p_dec_layer", str(analysis.dec_layers))
+        refusal = state.relevance_refusal(analysis) if mode == MODES[1] else None
         if refusal:
             st.info(refusal)
         relevance = mode == MODES[1] and refusal is None
         layer = c2.selectbox("Decoder layer", layers, key="p_dec_layer", disabled=relevance)
-        heads = compute.head_options(a.nheads)
+        heads = compute.head_options(analysis.nheads)
         state.keep_valid("p_dec_head", heads, "mean")
         head = c3.selectbox("Head", heads, key="p_dec_head", disabled=relevance)
         if relevance:
             with st.spinner(f"Computing relevance for query {query} (a forward and a backward pass)..."):
-                amap = state.relevance_map(view.key, query, view.image_bytes)
+                amap = state.relevance_map(view.key, query, view.image)
             title = f"relevance of query {query} ({det.class_name})"
         else:
-            amap = compute.decoder_map_tensor(a, query, layer, head)
+            amap = compute.decoder_map_tensor(analysis, query, layer, head)
             title = f"cross-attention of query {query} ({det.class_name}), layer {layer}, head {head}"
         st.markdown(f"**Selected detection: query {query} · {det.class_name} · score {det.score:.3f}**")
         small = view.display_image(520)
-        sg = view.display_geometry(small)
-        scaled = compute.scale_detection(det, small.width / g.orig_w)
-        st.image(_boxed(compute.overlay_image(small, amap, sg), scaled, index[query]), caption=title, width="stretch")
-        s = compute.map_stats(amap, g, det.box)
-        m1, m2, m3 = st.columns(3)
-        m1.metric("inside its box", f"{100 * s['share']:.1f}%", help="Share of the map's mass inside the box.")
-        m2.metric("chance", f"{100 * s['chance']:.1f}%", help="The box's share of the image (a uniform map).")
-        m3.metric("entropy", f"{s['entropy']:.3f}", help="Normalized: 1 = spread evenly, 0 = one cell.")
-        st.caption(
-            f"{s['ratio']:.1f}x chance · box ({det.box[0]:.0f}, {det.box[1]:.0f}) - "
-            f"({det.box[2]:.0f}, {det.box[3]:.0f})"
+        small_geometry = view.display_geometry(small)
+        scaled = compute.scale_detection(det, small.width / geometry.orig_w)
+        st.image(
+            draw_boxes(compute.overlay_image(small, amap, small_geometry), [scaled]), caption=title, width="stretch"
         )
-
-
-def _boxed(image, det, colour_index: int):
-    """`image` with one detection's box in its colour on the Detect page (draw_boxes colours by list
-    position: the box is drawn colour_index + 1 times in place, and the last colour stays)."""
-    return draw_boxes(image, [det] * (colour_index + 1))
+        box_stats = stats.map_stats(amap, geometry, det.box)
+        m1, m2, m3 = st.columns(3)
+        m1.metric(
+            "inside its box", f"{100 * box_stats.share_in_box:.1f}%", help="Share of the map's mass inside the box."
+        )
+        m2.metric("chance", f"{100 * box_stats.chance:.1f}%", help="The box's share of the image (a uniform map).")
+        m3.metric("entropy", f"{box_stats.entropy:.3f}", help="Normalized: 1 = spread evenly, 0 = one cell.")
+        x0, y0, x1, y1 = det.box
+        st.caption(f"{box_stats.ratio:.1f}x chance · box ({x0:.0f}, {y0:.0f}) - ({x1:.0f}, {y1:.0f})")
 
 
 state.page_main(render, "the Decoder attention page")

@@ -13,9 +13,9 @@ GRID = "all heads (grid)"
 
 
 def _points(view) -> list[tuple[float, float]]:
-    g = view.geometry
-    points = st.session_state.get("enc_points") or compute.reference_points(g, view.min_size)
-    return [compute.clamp_point(g, x, y) for x, y in points]
+    geometry = view.geometry
+    points = st.session_state.get("enc_points") or compute.reference_points(geometry, view.min_size)
+    return [compute.clamp_point(geometry, x, y) for x, y in points]
 
 
 @state.safe_callback
@@ -30,11 +30,11 @@ def _on_click() -> None:
     if not picked:
         return
     row, col = (int(v) for v in picked[0]["customdata"][:2])
-    g = view.geometry
-    if not (0 <= row < g.feat_h and 0 <= col < g.feat_w):
+    geometry = view.geometry
+    if not (0 <= row < geometry.feat_h and 0 <= col < geometry.feat_w):
         return
-    x, y = g.cell_center(row, col)
-    points = [p for p in _points(view) if g.pixel_to_cell(*p) != (row, col)]
+    x, y = geometry.cell_center(row, col)
+    points = [p for p in _points(view) if geometry.pixel_to_cell(*p) != (row, col)]
     ss["enc_points"] = [*points, (round(x, 1), round(y, 1))][-4:]
     ss["enc_points_for"] = (view.model_name, view.image_hash)
 
@@ -50,22 +50,22 @@ def render() -> None:
     if view is None:
         return
     ss = st.session_state
-    a, g = view.analysis, view.geometry
-    facts = compute.encoder_facts(a)
+    analysis, geometry = view.analysis, view.geometry
+    facts = compute.encoder_facts(analysis)
 
     c1, c2, c3 = st.columns([1.2, 1.6, 1])
     state.keep_valid("p_enc_direction", list(DIRECTIONS), "looks")
     direction = c1.radio("Direction", list(DIRECTIONS), format_func=DIRECTIONS.get, key="p_enc_direction")
-    layers = compute.layer_options(a.enc_layers, ("mean", "rollout"))
-    state.keep_valid("p_enc_layer", layers, str(a.enc_layers))
-    ss.setdefault("p_enc_layer", str(a.enc_layers))
+    layers = compute.layer_options(analysis.enc_layers, ("mean", "rollout"))
+    state.keep_valid("p_enc_layer", layers, str(analysis.enc_layers))
+    ss.setdefault("p_enc_layer", str(analysis.enc_layers))
     layer = c2.select_slider(
         "Encoder layer",
         layers,
         key="p_enc_layer",
         help="1 = first layer; mean over layers; rollout chains the layers (heads averaged).",
     )
-    heads = compute.head_options(a.nheads, grid=True)
+    heads = compute.head_options(analysis.nheads, grid=True)
     state.keep_valid("p_enc_head", heads, "mean")
     head = c3.selectbox(
         "Head",
@@ -84,14 +84,14 @@ def render() -> None:
     )
 
     points = _points(view)
-    results = [compute.encoder_result(a, x, y, layer, map_head, direction) for x, y in points]
+    results = [compute.encoder_result(analysis, x, y, layer, map_head, direction) for x, y in points]
     current = results[-1]
 
     left, right = st.columns([1.25, 1])
     with left:
         photo = view.display_image()
-        marked = [(r.row, r.col, str(i + 1)) for i, r in enumerate(results)]
-        fig = figures.clickable_cells_figure(photo, g, marked, height=460)
+        marked = [(result.row, result.col, str(i + 1)) for i, result in enumerate(results)]
+        fig = figures.clickable_cells_figure(photo, geometry, marked, height=460)
         st.plotly_chart(
             fig, key=PLOT_KEY, on_select=_on_click, selection_mode="points", theme=None,
             config={"displayModeBar": False},
@@ -111,7 +111,7 @@ def render() -> None:
             width="stretch",
         )
         overlay = compute.overlay_image(small, current.map, dg)
-        overlay = draw_cell(overlay, dg, current.row, current.col, colour=color_of(len(results) - 1))
+        overlay = draw_cell(overlay, dg, current.row, current.col, color=color_of(len(results) - 1))
         st.image(overlay, caption="as an overlay, the cell outlined", width="stretch")
 
     if head == GRID and layer != "rollout":
@@ -119,29 +119,29 @@ def render() -> None:
         thumb = view.display_image(240)
         tg = view.display_geometry(thumb)
         per_row = 4
-        for start in range(0, a.nheads, per_row):
+        for start in range(0, analysis.nheads, per_row):
             cols = st.columns(per_row)
-            for col, h in zip(cols, range(start, min(start + per_row, a.nheads)), strict=False):
-                r = compute.encoder_result(a, current.x, current.y, layer, str(h + 1), direction)
-                col.image(compute.heatmap_image(r.map, tg), caption=f"head {h + 1}", width="stretch")
+            for col, head_index in zip(cols, range(start, min(start + per_row, analysis.nheads)), strict=False):
+                result = compute.encoder_result(analysis, current.x, current.y, layer, str(head_index + 1), direction)
+                col.image(compute.heatmap_image(result.map, tg), caption=f"head {head_index + 1}", width="stretch")
 
     st.subheader("Four points, as in the paper's figure")
     thumb = view.display_image(320)
     tg = view.display_geometry(thumb)
     marked_photo = thumb
-    for i, r in enumerate(results):
-        marked_photo = draw_cell(marked_photo, tg, r.row, r.col, colour=color_of(i))
+    for i, result in enumerate(results):
+        marked_photo = draw_cell(marked_photo, tg, result.row, result.col, color=color_of(i))
     slots = st.columns([1, 1, 2, 1, 1]) if len(results) > 1 else st.columns([2, 1])
     order = [0, 1, None, 2, 3] if len(results) > 1 else [None, 0]
     for col, idx in zip(slots, order, strict=True):
         if idx is None:
             col.image(marked_photo, caption="the points' cells, outlined in their colours", width="stretch")
         elif idx < len(results):
-            r = results[idx]
+            result = results[idx]
             col.image(
-                compute.heatmap_image(r.map, tg),
+                compute.heatmap_image(result.map, tg),
                 width="stretch",
-                caption=f"{idx + 1} ({COLOUR_NAMES[idx]}): cell ({r.row}, {r.col})",
+                caption=f"{idx + 1} ({COLOUR_NAMES[idx]}): cell ({result.row}, {result.col})",
             )
 
 

@@ -29,16 +29,16 @@ The numbers below are measured on the current image (entropy: 1 = spread evenly 
     view = state.require_analysis()
     if view is None:
         return
-    a = view.analysis
+    analysis = view.analysis
     with st.spinner("Measuring attention statistics (once per image, model and threshold)..."):
-        s = compute.guide_stats(view.key, view.threshold, a)
-    dets = s["detections"]
-    enc_last = s["enc_entropy"][-1]
+        image_stats = compute.guide_stats(view.key, view.threshold, analysis)
+    dets = image_stats.detections
+    enc_last = image_stats.encoder_entropy[-1]
     st.subheader("Scope: global context vs object-specific regions")
     c1, c2, c3 = st.columns(3)
     c1.metric("encoder entropy (last layer, mean over locations)", f"{enc_last:.3f}")
     if dets:
-        dec_mean = sum(d["entropy"] for d in dets) / len(dets)
+        dec_mean = sum(d.entropy for d in dets) / len(dets)
         c2.metric("decoder entropy (mean over detections)", f"{dec_mean:.3f}")
         c3.metric("detections measured", str(len(dets)))
         if abs(enc_last - dec_mean) < 0.01:
@@ -56,29 +56,32 @@ The numbers below are measured on the current image (entropy: 1 = spread evenly 
     st.subheader("Encoder: how far each location looks, layer by layer")
     rows = [
         {"layer": i + 1, "mean attention distance (px)": round(dist, 1),
-         "share of the image diagonal": f"{100 * dist / s['diagonal']:.1f}%", "entropy": round(ent, 3)}
-        for i, (dist, ent) in enumerate(zip(s["enc_distance"], s["enc_entropy"], strict=True))
+         "share of the image diagonal": f"{100 * dist / image_stats.diagonal:.1f}%", "entropy": round(ent, 3)}
+        for i, (dist, ent) in enumerate(zip(image_stats.encoder_distance, image_stats.encoder_entropy, strict=True))
     ]  # fmt: skip
     col1, col2 = st.columns(2)
     col1.plotly_chart(
-        figures.layers_figure(s["enc_distance"], "mean attention distance", "original px"), key="plot_guide_distance"
+        figures.layers_figure(image_stats.encoder_distance, "mean attention distance", "original px"),
+        key="plot_guide_distance",
     )
     col2.plotly_chart(
-        figures.layers_figure(s["enc_entropy"], "entropy of where each location looks", "normalized entropy"),
+        figures.layers_figure(
+            image_stats.encoder_entropy, "entropy of where each location looks", "normalized entropy"
+        ),
         key="plot_guide_entropy",
     )
     st.dataframe(rows, hide_index=True, width="stretch")
     st.caption(
         f"Mean attention distance: for every location, the attention-weighted distance (original pixels) to the "
-        f"locations it looks at, averaged over all {a.geometry.tokens} locations. The image diagonal is "
-        f"{s['diagonal']:.0f} px; for scale, two random points of a square image are on average about "
+        f"locations it looks at, averaged over all {analysis.geometry.tokens} locations. The image diagonal is "
+        f"{image_stats.diagonal:.0f} px; for scale, two random points of a square image are on average about "
         "0.37 of its diagonal apart (what a map spread evenly would give)."
     )
 
     if dets:
         st.subheader("Decoder: attention inside each detection's own box, vs chance")
-        share = sum(d["share_in_box"] for d in dets) / len(dets)
-        chance = sum(d["chance"] for d in dets) / len(dets)
+        share = sum(d.share_in_box for d in dets) / len(dets)
+        chance = sum(d.chance for d in dets) / len(dets)
         st.markdown(
             f"On average **{100 * share:.1f}%** of a detection's cross-attention (last decoder layer, mean over "
             f"heads) falls inside its own box, where a uniform map would put **{100 * chance:.1f}%** "
@@ -88,13 +91,13 @@ The numbers below are measured on the current image (entropy: 1 = spread evenly 
         st.dataframe(
             [
                 {
-                    "query": d["query"],
-                    "class": d["class"],
-                    "score": round(d["score"], 3),
-                    "inside box": f"{100 * d['share_in_box']:.1f}%",
-                    "chance": f"{100 * d['chance']:.1f}%",
-                    "x chance": round(d["ratio"], 2),
-                    "entropy": round(d["entropy"], 3),
+                    "query": d.query,
+                    "class": d.class_name,
+                    "score": round(d.score, 3),
+                    "inside box": f"{100 * d.share_in_box:.1f}%",
+                    "chance": f"{100 * d.chance:.1f}%",
+                    "x chance": round(d.ratio, 2),
+                    "entropy": round(d.entropy, 3),
                 }
                 for d in dets
             ],

@@ -46,13 +46,15 @@ def render() -> None:
     )
     with st.expander("DETRdemo source", expanded=view.model_name == "detr_demo"):
         st.code(compute.detr_demo_source(), language="python")
-    n = st.number_input("num_classes", min_value=1, max_value=10_000, value=91, step=1, key="p_model_classes")
+    num_classes_asked = st.number_input(
+        "num_classes", min_value=1, max_value=10_000, value=91, step=1, key="p_model_classes"
+    )
     if st.button("Build a random DETRdemo with this many classes", key="model_build") or (
-        st.session_state.get("_demo_built") == n
+        st.session_state.get("_demo_built") == num_classes_asked
     ):
-        st.session_state["_demo_built"] = n
+        st.session_state["_demo_built"] = num_classes_asked
         with st.spinner("Building a random DETRdemo (a ResNet-50 and a transformer)..."):
-            facts = compute.detr_demo_facts(int(n))
+            facts = compute.detr_demo_facts(int(num_classes_asked))
         st.code(f"DETRdemo({facts['config']})", language="python", wrap_lines=True)
         st.dataframe(facts["parts"], hide_index=True, width="stretch")
 

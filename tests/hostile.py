@@ -33,7 +33,7 @@ class Case:
     name: str  # short id, also the file's stem
     filename: str  # the name it is uploaded under (the extension may lie)
     data: bytes
-    ok: bool  # True: analysed; False: refused with a DETRError
+    ok: bool  # True: analyzed; False: refused with a DETRError
     size: tuple[int, int] | None = None  # (w, h) of the upright image, when ok
     message: str = ""  # part of the error message, when refused
     why: str = ""

@@ -1,7 +1,7 @@
 """The dashboard, page by page, through Streamlit's AppTest (in-process, no browser, no network).
 
 Every test runs the real app with the project's bundled model (`load_model("detr_shapes")`) on small
-synthetic scenes (256 px, analysed at 128 px), so each script run takes well under a second once
+synthetic scenes (256 px, analyzed at 128 px), so each script run takes well under a second once
 the model is loaded. Official checkpoints are never downloaded: the torch hub cache points at an
 empty folder and `urlopen` is replaced by one that fails as an offline machine does.
 """

@@ -351,7 +351,7 @@ def test_a_corrupt_upload_shows_a_message_and_a_good_one_works_after_it(page, se
     data = scene_bytes(12)
     bad.write_bytes(data[: len(data) // 2])
     upload(page, bad)
-    alert = page.locator('[data-testid="stMain"] [data-testid="stAlert"]').filter(has_text="cannot be analysed")
+    alert = page.locator('[data-testid="stMain"] [data-testid="stAlert"]').filter(has_text="cannot be analyzed")
     expect(alert).to_contain_text("broken.png")
     expect(alert).to_contain_text("truncated or corrupt")
     assert "Traceback" not in page.locator("body").inner_text()

@@ -38,7 +38,7 @@ def test_cli_analyses_good_files_and_reports_bad_ones(tmp_path, samples_dir):
     expected = sorted(("ellipse", "rectangle", "triangle", "ring")[int(c)] for c in target["labels"])
     assert found == expected
     for det in result["detections"]:
-        x0, y0, x1, y1 = det["box"]
+        x0, y0, x1, y1 = det["box_xyxy"]
         assert 0 <= x0 < x1 <= 256.5 and 0 <= y0 < y1 <= 256.5
         assert (out / "scene" / f"decoder_q{det['query']}_{det['class_name']}.png").exists()
     assert Image.open(out / "scene" / "boxes.png").size == (256, 256)

@@ -205,7 +205,8 @@ def test_the_dashboard_runs_the_model_once_for_concurrent_sessions_asking_for_on
     spec = MODELS[state.SHAPES]
     image_bytes = state.scene_png(17)
     image_hash = hashlib.sha256(image_bytes).hexdigest()
-    key = (state.SHAPES, spec.checkpoint.filename, image_hash, spec.min_size, spec.max_size)
+    key = state.AnalysisKey(state.SHAPES, spec.checkpoint.filename, image_hash, spec.min_size, spec.max_size)
+    image = state.decoded_image(image_hash, image_bytes)
     state.get_model(state.SHAPES, spec.checkpoint.filename)  # loaded before the clock starts
     state.ANALYSES.clear()
     runs = state.model_runs()
@@ -214,7 +215,7 @@ def test_the_dashboard_runs_the_model_once_for_concurrent_sessions_asking_for_on
 
     def session():
         barrier.wait(timeout=30)
-        results.append(state._analysis(*key, image_bytes))
+        results.append(state.cached_analysis(key, image))
 
     threads = [threading.Thread(target=session) for _ in range(4)]
     for t in threads:
@@ -223,11 +224,11 @@ def test_the_dashboard_runs_the_model_once_for_concurrent_sessions_asking_for_on
         t.join(timeout=120)
     assert len(results) == 4 and all(r is results[0] for r in results)
     assert state.model_runs() == runs + 1
-    assert state._analysis(*key, image_bytes) is results[0]
+    assert state.cached_analysis(key, image) is results[0]
     assert state.model_runs() == runs + 1
     assert state.ANALYSES.nbytes >= results[0].nbytes() > 0
-    image = state._decoded(image_hash, image_bytes)
-    assert state._decoded(image_hash, image_bytes) is image
+    image = state.decoded_image(image_hash, image_bytes)
+    assert state.decoded_image(image_hash, image_bytes) is image
     assert state.IMAGES.nbytes >= image.width * image.height * 4  # Pillow keeps RGB as RGBX
     state.clear_caches()
     assert len(state.ANALYSES) == 0 and len(state.IMAGES) == 0

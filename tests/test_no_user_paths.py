@@ -161,7 +161,7 @@ def test_a_hostile_sample_parameter_opens_the_default_sample(tmp_path, canary, s
     assert at.session_state["w_sample"] == DEFAULT_SAMPLE
     assert at.query_params["sample"] == DEFAULT_SAMPLE  # the URL is rewritten to what is shown
     assert not at.error, [e.value for e in at.error]
-    assert DEFAULT_SAMPLE in " ".join(c.value for c in at.caption)  # the Detect page says what it analysed
+    assert DEFAULT_SAMPLE in " ".join(c.value for c in at.caption)  # the Detect page says what it analyzed
 
 
 def test_sample_bytes_refuses_any_name_that_is_not_a_listed_sample(canary):

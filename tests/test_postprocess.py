@@ -114,7 +114,7 @@ def test_nothing_above_the_threshold_gives_an_empty_list():
 def test_a_detection_is_a_plain_dict_for_json():
     d = _run()[0]
     assert d.to_dict() == {"query": 3, "class_id": 2, "class_name": "triangle", "score": d.score,
-                           "box": (400.0, 0.0, 560.0, 480.0)}  # fmt: skip
+                           "box_xyxy": [400.0, 0.0, 560.0, 480.0]}  # fmt: skip
 
 
 def test_box_conversion_from_centre_size_to_corners():

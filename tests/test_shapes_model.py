@@ -11,9 +11,10 @@ import hashlib
 import pytest
 import torch
 
+from detr_core import load_model
 from detr_core.models.weights import BUNDLED_DIR
 from detr_core.models.zoo import MODELS
-from detr_core.training.evaluate import attention_ratios, evaluate, load_shapes_model
+from detr_core.training.evaluate import attention_ratios, evaluate
 from detr_core.training.synthetic import HELDOUT_FIRST_SEED, make_batch
 
 SPEC = MODELS["detr_shapes"]
@@ -23,7 +24,7 @@ THRESHOLD = SPEC.default_threshold
 
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
-    return load_shapes_model(CHECKPOINT)
+    return load_model("detr_shapes", checkpoint=CHECKPOINT, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -109,41 +109,10 @@ def decoder_map_tensor(analysis: Analysis, query: int, layer: str = "mean", head
     return attention.decoder_map(analysis, query, layer=layer_arg(layer), head=head_arg(head))
 
 
-def map_stats(attention_map, geometry: Geometry, box) -> dict:
-    """Share of a map inside a box vs chance, and its normalized entropy (detr_core.analysis.stats)."""
-    share, chance = stats.box_share(attention_map, geometry, box)
-    return {
-        "share": share,
-        "chance": chance,
-        "ratio": share / chance if chance > 0 else float("inf"),
-        "entropy": stats.normalized_entropy(attention_map),
-    }
-
-
 @st.cache_data(max_entries=32, show_spinner=False)
-def guide_stats(key: tuple, threshold: float, _analysis: Analysis) -> dict:
-    """Per-layer encoder entropy and attention distance, and per-detection decoder statistics."""
-    a = _analysis
-    g = a.geometry
-    dets = a.detections(threshold)
-    det_stats = stats.detection_stats(a, dets)
-    return {
-        "enc_entropy": [stats.encoder_entropy(a, layer) for layer in range(a.enc_layers)],
-        "enc_distance": [stats.mean_attention_distance(a, layer) for layer in range(a.enc_layers)],
-        "diagonal": float(np.hypot(g.orig_w, g.orig_h)),
-        "detections": [
-            {
-                "query": s.query,
-                "class": s.class_name,
-                "score": d.score,
-                "share_in_box": s.share_in_box,
-                "chance": s.chance,
-                "ratio": s.ratio,
-                "entropy": s.entropy,
-            }
-            for s, d in zip(det_stats, dets, strict=True)
-        ],
-    }
+def guide_stats(key: tuple, threshold: float, _analysis: Analysis) -> stats.ImageStats:
+    """`detr_core.analysis.stats.image_stats` of the view's detections, cached per image, model and threshold."""
+    return stats.image_stats(_analysis, _analysis.detections(threshold))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -191,12 +160,8 @@ def detection_rows(detections: list[Detection]) -> list[dict]:
 
 
 def detections_json(detections: list[Detection], meta: dict) -> str:
-    items = [
-        {"class_name": d.class_name, "class_id": d.class_id, "score": d.score, "query": d.query,
-         "box_xyxy": list(d.box)}
-        for d in detections
-    ]  # fmt: skip
-    return json.dumps({**meta, "detections": items}, indent=2)
+    """The CLI's detections.json schema (`Detection.to_dict`), with the view's facts in `meta`."""
+    return json.dumps({**meta, "detections": [d.to_dict() for d in detections]}, indent=2)
 
 
 def detections_csv(detections: list[Detection]) -> str:

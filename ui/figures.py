@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Sequence
 
 import plotly.graph_objects as go
 from PIL import Image
 
+from detr_core.analysis.stats import DetectionStats
 from detr_core.io.image import Geometry
 from detr_core.io.postprocess import Detection
 from detr_core.io.render import color_of
@@ -104,11 +106,11 @@ def clickable_cells_figure(
     fig.update_layout(hoverdistance=-1, clickmode="event+select")
     for i, (row, col, label) in enumerate(marked):
         x0, y0, x1, y1 = g.cell_box(row, col)
-        colour = rgb(i)
-        fig.add_shape(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, line=dict(color=colour, width=3), layer="above")
+        color = rgb(i)
+        fig.add_shape(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, line=dict(color=color, width=3), layer="above")
         fig.add_annotation(
             x=(x0 + x1) / 2, y=y0, text=label, showarrow=False, yanchor="bottom",
-            font=dict(color="white", size=13), bgcolor=colour,
+            font=dict(color="white", size=13), bgcolor=color,
         )  # fmt: skip
     return fig
 
@@ -130,13 +132,14 @@ def detections_figure(
     image: Image.Image, geometry: Geometry, detections: list[Detection], clickable: bool = False,
     highlight: int | None = None, height: int = PHOTO_HEIGHT,
 ) -> go.Figure:  # fmt: skip
-    """The photo with each detection's box in the notebook's colour cycle and a "class: score" label.
+    """The photo with each detection's box in its query's colour (as `render.draw_boxes`) and a label.
 
     Hovering a box shows class, score, query and box. With `clickable`, a marker at each box's
     centre carries the query (customdata) so a click picks the detection.
     """
     fig = photo_figure(image, geometry.orig_w, geometry.orig_h, height)
-    for i, det in enumerate(detections):
+    for det in detections:
+        i = det.query  # the colour index
         xs, ys = _box_path(det.box)
         width = 4 if highlight == det.query else 2
         x0, y0 = det.box[:2]
@@ -157,7 +160,7 @@ def detections_figure(
         fig.add_trace(go.Scatter(
             x=[(d.box[0] + d.box[2]) / 2 for d in detections], y=[(d.box[1] + d.box[3]) / 2 for d in detections],
             customdata=[d.query for d in detections], mode="markers", name="pick",
-            marker=dict(size=16, symbol="circle-open-dot", color=[rgb(i) for i in range(len(detections))],
+            marker=dict(size=16, symbol="circle-open-dot", color=[rgb(d.query) for d in detections],
                         line=dict(width=2)),
             text=[_hover_text(d) + "<br><i>click to inspect</i>" for d in detections],
             hovertemplate="%{text}<extra></extra>",
@@ -177,12 +180,12 @@ def layers_figure(values: list[float], title: str, ytitle: str, height: int = 28
     return fig
 
 
-def share_figure(rows: list[dict], height: int = 300) -> go.Figure:
+def share_figure(rows: Sequence[DetectionStats], height: int = 300) -> go.Figure:
     """Per detection: share of its cross-attention inside its box vs chance."""
-    labels = [f"q{r['query']} {r['class']}" for r in rows]
+    labels = [f"q{r.query} {r.class_name}" for r in rows]
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=labels, y=[100 * r["share_in_box"] for r in rows], name="attention inside box"))
-    fig.add_trace(go.Bar(x=labels, y=[100 * r["chance"] for r in rows], name="chance (box area share)"))
+    fig.add_trace(go.Bar(x=labels, y=[100 * r.share_in_box for r in rows], name="attention inside box"))
+    fig.add_trace(go.Bar(x=labels, y=[100 * r.chance for r in rows], name="chance (box area share)"))
     fig.update_layout(
         barmode="group", height=height, margin=dict(l=10, r=10, t=30, b=10), yaxis_title="% of attention",
         legend=dict(orientation="h", y=1.12),

@@ -4,14 +4,15 @@ Caching (what runs the model, and when):
 
 - `_model(name, checkpoint)`: one `st.cache_resource` model per name, shared by every session. It is
   only read (capture and relevance never edit it and are thread-safe).
-- `_analysis(...)`: one `Analysis` per (model name, weights, image bytes hash, preprocessing
-  settings) in `ANALYSES`, a process-wide LRU bounded by entries and bytes (ui/lru.py). This is
+- `cached_analysis(key, image)`: one `Analysis` per `AnalysisKey` (model name, weights, image bytes hash,
+  preprocessing settings) in `ANALYSES`, a process-wide LRU bounded by entries and bytes (ui/lru.py). This is
   the only place the dashboard runs the model forward for an image, and it counts its runs in
   `MODEL_RUNS` (shown in the sidebar as "model runs: N"; only a cache miss runs the model, once
   however many sessions ask for the same image at once). Switching pages, moving a slider,
   clicking a pixel or picking a query reads the cached analysis and never runs the model again; a
   new image or model does.
-- `_decoded(...)`: the decoded RGB image per image bytes hash, in `IMAGES` (bounded the same way).
+- `decoded_image(...)`: the decoded RGB image per image bytes hash, in `IMAGES` (bounded the same way);
+  the analysis and relevance take this decoded image: user bytes are decoded once.
 - `relevance_map(...)`: Chefer et al. relevance (a forward + backward pass) per (model, image,
   query), on demand, counted in `RELEVANCE_RUNS`.
 
@@ -33,7 +34,7 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import streamlit as st
 from PIL import Image
@@ -45,13 +46,13 @@ from detr_core.io.image import Geometry
 from detr_core.io.postprocess import Detection
 from detr_core.models import weights
 from detr_core.models.fast import optimize_for_inference
-from detr_core.models.zoo import ModelSpec, model_status
+from detr_core.models.zoo import SHAPES_MODEL, ModelSpec, model_status
 
 from .lru import MB, BoundedLRU
 
 log = logging.getLogger("detr_explorer")
 
-SHAPES = "detr_shapes"
+SHAPES = SHAPES_MODEL
 OFFICIAL_PREFERENCE = ("detr_resnet50", "detr_resnet50_dc5", "detr_resnet101", "detr_resnet101_dc5", "detr_demo")
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = ROOT / "assets" / "samples"
@@ -70,7 +71,7 @@ ANALYSIS_CACHE_ENTRIES = 16
 ANALYSIS_CACHE_BYTES = 512 * MB
 IMAGE_CACHE_ENTRIES = 16
 IMAGE_CACHE_BYTES = 256 * MB
-DISPLAY_MAX_SIDE = 900  # photos are shown (not analysed) at most this large
+DISPLAY_MAX_SIDE = 900  # photos are shown (not analyzed) at most this large
 
 SOURCE_SCENE, SOURCE_SAMPLE, SOURCE_UPLOAD, SOURCE_CAMERA = "scene", "sample", "upload", "camera"
 SOURCE_LABELS = {
@@ -100,7 +101,7 @@ _relevance_lock = threading.Lock()
 # Counters (process-wide: the caches they count are process-wide too)
 
 _counter_lock = threading.Lock()
-MODEL_RUNS = 0  # forward passes run by `_analysis` (cache misses)
+MODEL_RUNS = 0  # forward passes run by `cached_analysis` (cache misses)
 RELEVANCE_RUNS = 0  # forward + backward passes run by `relevance_map`
 
 
@@ -131,7 +132,8 @@ def _model(name: str, weights_id: str):
     session. `weights_id` is the checkpoint's file name, which carries its hash: a replaced
     checkpoint is a new entry, never the old weights under the new name. The served copy has batch
     norm folded into the backbone's convolutions (exact, faster; see detr_core.models.fast)."""
-    return optimize_for_inference(load_model(name))
+    model = load_model(name)
+    return optimize_for_inference(model) if MODELS[name].foldable else model
 
 
 def get_model(name: str, weights_id: str):
@@ -152,10 +154,8 @@ def _image_nbytes(image: Image.Image) -> int:
 
 # One Analysis object is shared by every session that shows its image (st.cache_data used to hand
 # each run its own unpickled copy). Nothing mutates it: detr_core.analysis.attention/stats and ui/compute only
-# read its tensors (checked: no in-place op, no attribute assignment in pages/ or ui/); the one
-# mutable part, `extras` (a dict for lazily computed statistics, unused today), would be filled
-# with the same values by any session, which is benign (its size is measured once, when the
-# analysis is stored). Likewise the decoded images are only read (render.* and the display copy
+# read its tensors (checked: no in-place op, no attribute assignment in pages/ or ui/).
+# Likewise the decoded images are only read (render.* and the display copy
 # draw on copies).
 ANALYSES: BoundedLRU[Analysis] = BoundedLRU(
     "analysis", ANALYSIS_CACHE_ENTRIES, ANALYSIS_CACHE_BYTES, sizeof=lambda a: a.nbytes()
@@ -171,32 +171,39 @@ def clear_caches() -> None:
     _display_copy.clear()
 
 
-def _analysis(
-    model_name: str, weights_id: str, image_hash: str, min_size: int, max_size: int, image_bytes: bytes
-) -> Analysis:
+class AnalysisKey(NamedTuple):
+    """What identifies one analysis (and the relevance maps computed beside it)."""
+
+    model_name: str
+    weights_id: str  # the checkpoint's file name (it carries the file's hash)
+    image_hash: str  # SHA-256 of the image bytes
+    min_size: int
+    max_size: int
+
+
+def cached_analysis(key: AnalysisKey, image: Image.Image) -> Analysis:
     """ONE forward pass with every attention map recorded; the only place the UI runs the model.
 
     Cached in ANALYSES: the model runs (and MODEL_RUNS counts) only on a miss, once for all the
     sessions that ask for the same key at the same time. A bad image raises (nothing is cached)."""
 
     def compute() -> Analysis:
-        model = get_model(model_name, weights_id)
-        result = pipeline.analyze(model, image_bytes, model_name, min_size, max_size)
+        model = get_model(key.model_name, key.weights_id)
+        result = pipeline.analyze(model, image, key.model_name, key.min_size, key.max_size)
         _count("model")
         return result
 
-    return ANALYSES.get_or_compute((model_name, weights_id, image_hash, min_size, max_size), compute)
+    return ANALYSES.get_or_compute(key, compute)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def relevance_map(key: tuple, query: int, _image_bytes: bytes):
+def relevance_map(key: AnalysisKey, query: int, _image: Image.Image):
     """Chefer et al. relevance of `query` over the image ([h, w]), computed once per key and query.
     One at a time in the whole server (see RELEVANCE_MAX_TOKENS); callers check `relevance_refusal`."""
     from detr_core.analysis.relevance import relevance
 
-    model_name, weights_id, _, min_size, max_size = key
-    model = get_model(model_name, weights_id)
-    prepared = pipeline.prepare(model, load_image(_image_bytes), model_name, min_size, max_size)
+    model = get_model(key.model_name, key.weights_id)
+    prepared = pipeline.prepare(model, _image, key.model_name, key.min_size, key.max_size)
     with _relevance_lock:
         result = relevance(model, prepared, query)
     _count("relevance")
@@ -217,7 +224,7 @@ def relevance_refusal(analysis: Analysis) -> str | None:
     )
 
 
-def _decoded(image_hash: str, image_bytes: bytes) -> Image.Image:
+def decoded_image(image_hash: str, image_bytes: bytes) -> Image.Image:
     """The RGB image (shared, read-only; cached in IMAGES); raises ImageError for bad bytes (not cached)."""
     return IMAGES.get_or_compute(image_hash, lambda: load_image(image_bytes))
 
@@ -284,9 +291,9 @@ class View:
     model: Any = None
 
     @property
-    def key(self) -> tuple:
-        """Identifies the analysis: (model, weights, image hash, min_size, max_size)."""
-        return (self.model_name, self.weights_id, self.image_hash, self.min_size, self.max_size)
+    def key(self) -> AnalysisKey:
+        assert self.image_hash is not None
+        return AnalysisKey(self.model_name, self.weights_id, self.image_hash, self.min_size, self.max_size)
 
     @property
     def geometry(self) -> Geometry:
@@ -365,7 +372,7 @@ def persist_page_widgets() -> None:
 
 
 def default_threshold(spec: ModelSpec) -> float:
-    return float(getattr(spec, "default_threshold", 0.9))
+    return float(spec.default_threshold)
 
 
 def _default_model() -> tuple[str, str | None]:
@@ -620,11 +627,11 @@ def sidebar(page_slugs: Sequence[str]) -> tuple[View | None, str | None]:
         view.image_bytes = image_bytes
         view.image_hash = hashlib.sha256(image_bytes).hexdigest()
         try:
-            view.image = _decoded(view.image_hash, image_bytes)
+            view.image = decoded_image(view.image_hash, image_bytes)
             with st.spinner(f"Running {spec.title} on {label} (once per image and model)..."):
-                view.analysis = _analysis(name, weights_id, view.image_hash, view.min_size, view.max_size, image_bytes)
+                view.analysis = cached_analysis(view.key, view.image)
         except DETRError as e:
-            view.error = f"{label or 'This image'} cannot be analysed: {e}"
+            view.error = f"{label or 'This image'} cannot be analyzed: {e}"
             view.image = None
     _reset_stale_selections(view)
     ss["_view"] = view

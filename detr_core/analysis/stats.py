@@ -22,11 +22,15 @@ from .capture import Analysis
 
 __all__ = [
     "DetectionStats",
+    "ImageStats",
+    "MapStats",
     "box_share",
     "cell_centers",
     "cell_overlap",
     "detection_stats",
     "encoder_entropy",
+    "image_stats",
+    "map_stats",
     "mean_attention_distance",
     "normalized_entropy",
 ]  # fmt: skip
@@ -106,23 +110,59 @@ def encoder_entropy(analysis: Analysis, layer: int, head: int | None = None) -> 
 
 
 @dataclass(frozen=True)
-class DetectionStats:
-    query: int
-    class_name: str
-    share_in_box: float  # of the last decoder layer's head-mean cross-attention
-    chance: float  # the box's share of the image
-    entropy: float  # normalized entropy of that map
+class MapStats:
+    """How one map sits on one box: its share inside, chance (the box's share of the image), entropy."""
+
+    share_in_box: float
+    chance: float
+    entropy: float  # normalized entropy of the map
 
     @property
     def ratio(self) -> float:
         return self.share_in_box / self.chance if self.chance > 0 else float("inf")
 
 
+def map_stats(attention: Tensor, geometry: Geometry, box: tuple[float, float, float, float]) -> MapStats:
+    """`box_share` and `normalized_entropy` of one map (e.g. a decoder map or a relevance map) for one box."""
+    share, chance = box_share(attention, geometry, box)
+    return MapStats(share, chance, normalized_entropy(attention))
+
+
+@dataclass(frozen=True)
+class DetectionStats(MapStats):
+    """`MapStats` of a detection's own cross-attention (last decoder layer, head mean) on its own box."""
+
+    query: int = 0
+    class_name: str = ""
+    score: float = 0.0
+
+
 def detection_stats(analysis: Analysis, detections: list[Detection], layer: int = -1) -> list[DetectionStats]:
     """Share of each detection's cross-attention inside its own box (vs chance), and its entropy."""
     out = []
     for det in detections:
-        m = decoder_map(analysis, det.query, layer)
-        share, chance = box_share(m, analysis.geometry, det.box)
-        out.append(DetectionStats(det.query, det.class_name, share, chance, normalized_entropy(m)))
+        s = map_stats(decoder_map(analysis, det.query, layer), analysis.geometry, det.box)
+        out.append(DetectionStats(s.share_in_box, s.chance, s.entropy, det.query, det.class_name, det.score))
     return out
+
+
+@dataclass(frozen=True)
+class ImageStats:
+    """The encoder/decoder contrast measured on one image (the dashboard's Guide)."""
+
+    encoder_entropy: tuple[float, ...]  # per encoder layer
+    encoder_distance: tuple[float, ...]  # mean attention distance per encoder layer, original px
+    diagonal: float  # of the original image, px
+    detections: tuple[DetectionStats, ...]
+
+
+def image_stats(analysis: Analysis, detections: list[Detection]) -> ImageStats:
+    """Per-layer encoder entropy and attention distance, and per-detection decoder statistics."""
+    g = analysis.geometry
+    layers = range(analysis.enc_layers)
+    return ImageStats(
+        encoder_entropy=tuple(encoder_entropy(analysis, layer) for layer in layers),
+        encoder_distance=tuple(mean_attention_distance(analysis, layer) for layer in layers),
+        diagonal=math.hypot(g.orig_w, g.orig_h),
+        detections=tuple(detection_stats(analysis, detections)),
+    )

@@ -3,11 +3,15 @@
 DETR predicts, for each of its Q queries, logits over K classes + "no object" and a box as
 normalized (cx, cy, w, h). A detection keeps its query index, so every box can be traced back to
 the query whose attention made it.
+
+The JSON form of a detection, shared by the CLI's detections.json and the dashboard's download
+(`Detection.to_dict`): {"query": int, "class_id": int, "class_name": str, "score": float in (0, 1),
+"box_xyxy": [x0, y0, x1, y1] in original-image pixels}.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -46,7 +50,14 @@ class Detection:
     box: tuple[float, float, float, float]  # (x0, y0, x1, y1) in original-image pixels
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The detection as JSON-ready plain values (the schema in this module's docstring)."""
+        return {
+            "query": self.query,
+            "class_id": self.class_id,
+            "class_name": self.class_name,
+            "score": self.score,
+            "box_xyxy": list(self.box),
+        }
 
 
 def postprocess(

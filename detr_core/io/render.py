@@ -54,41 +54,41 @@ def heatmap(attention: Tensor | np.ndarray, geometry: Geometry | None = None) ->
 def overlay(image: Image.Image, attention: Tensor | np.ndarray, geometry: Geometry, alpha: float = 0.55) -> Image.Image:
     """The photo with the map blended on top (`alpha` = weight of the colours)."""
     m = _normalize(upsample(attention, geometry))
-    colours = colormap(m).astype(np.float32)
+    colors = colormap(m).astype(np.float32)
     photo = np.asarray(image.convert("RGB"), dtype=np.float32)
-    return Image.fromarray(np.rint(photo * (1 - alpha) + colours * alpha).astype(np.uint8), "RGB")
+    return Image.fromarray(np.rint(photo * (1 - alpha) + colors * alpha).astype(np.uint8), "RGB")
 
 
 def color_of(index: int) -> tuple[int, int, int]:
-    """The notebook's colour cycle as 0-255 RGB."""
+    """The notebook's colour cycle as 0-255 RGB; a detection's colour is that of its query index."""
     r, g, b = COLORS[index % len(COLORS)]
     return round(r * 255), round(g * 255), round(b * 255)
 
 
 def draw_boxes(image: Image.Image, detections: list[Detection], width: int | None = None) -> Image.Image:
-    """A copy of the photo with each detection's box and "class: score" label."""
+    """A copy of the photo with each detection's box and "class: score" label, in its query's colour."""
     out = image.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
     width = width or max(2, round(min(out.size) / 200))
     font = ImageFont.load_default(size=max(11, round(min(out.size) / 35)))
-    for i, det in enumerate(detections):
-        colour = color_of(i)
+    for det in detections:
+        color = color_of(det.query)
         x0, y0, x1, y1 = det.box
-        draw.rectangle((x0, y0, x1, y1), outline=colour, width=width)
+        draw.rectangle((x0, y0, x1, y1), outline=color, width=width)
         label = f"{det.class_name}: {det.score:.2f}"
         tx0, ty0, tx1, ty1 = draw.textbbox((x0, y0), label, font=font)
         ty = y0 - (ty1 - ty0) - 4 if y0 - (ty1 - ty0) - 4 >= 0 else y0
-        draw.rectangle((x0, ty, x0 + (tx1 - tx0) + 6, ty + (ty1 - ty0) + 4), fill=colour)
+        draw.rectangle((x0, ty, x0 + (tx1 - tx0) + 6, ty + (ty1 - ty0) + 4), fill=color)
         draw.text((x0 + 3, ty + 2 - (ty0 - y0)), label, fill=(255, 255, 255), font=font)
     return out
 
 
-def draw_cell(image: Image.Image, geometry: Geometry, row: int, col: int, colour=(255, 64, 64)) -> Image.Image:
+def draw_cell(image: Image.Image, geometry: Geometry, row: int, col: int, color=(255, 64, 64)) -> Image.Image:
     """A copy of the photo with one feature cell outlined (the clicked location)."""
     out = image.convert("RGB").copy()
     x0, y0 = geometry.to_original(col * geometry.stride, row * geometry.stride)
     x1, y1 = geometry.to_original(
         min((col + 1) * geometry.stride, geometry.input_w), min((row + 1) * geometry.stride, geometry.input_h)
     )
-    ImageDraw.Draw(out).rectangle((x0, y0, x1, y1), outline=colour, width=max(2, round(min(out.size) / 250)))
+    ImageDraw.Draw(out).rectangle((x0, y0, x1, y1), outline=color, width=max(2, round(min(out.size) / 250)))
     return out

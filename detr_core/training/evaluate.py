@@ -26,13 +26,12 @@ from ..analysis.capture import capture
 from ..analysis.stats import box_share
 from ..box_ops import box_cxcywh_to_xyxy, box_iou
 from ..io.image import preprocess
-from ..models.weights import BUNDLED_DIR
-from ..models.zoo import MODELS, build_model
+from ..models.zoo import MODELS, SHAPES_MODEL, load_model
 from .synthetic import HELDOUT_FIRST_SEED, make_batch, make_scene
 
-__all__ = ["attention_ratios", "average_precision", "evaluate", "load_shapes_model", "main", "predict"]
+__all__ = ["attention_ratios", "average_precision", "evaluate", "main", "predict"]
 
-MODEL_NAME = "detr_shapes"
+MODEL_NAME = SHAPES_MODEL
 IOU_MATCH = 0.5
 
 
@@ -172,20 +171,6 @@ def attention_ratios(
     }
 
 
-def bundled_checkpoint() -> Path:
-    return BUNDLED_DIR / MODELS[MODEL_NAME].checkpoint.filename
-
-
-def load_shapes_model(checkpoint: Path | None = None) -> nn.Module:
-    """`detr_shapes` with a plain (float32 or float16) state dict loaded, in eval mode, on the CPU."""
-    state_dict = torch.load(checkpoint or bundled_checkpoint(), map_location="cpu", weights_only=True)
-    if isinstance(state_dict, dict) and "model" in state_dict and not torch.is_tensor(state_dict["model"]):
-        state_dict = state_dict["model"]
-    model = build_model(MODEL_NAME)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}, strict=True)
-    return model.eval()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m detr_core.training.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, help="a state dict (default: the bundled detr_shapes checkpoint)")
@@ -196,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attention", action="store_true", help="also estimate the attention gates")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = load_shapes_model(args.checkpoint)
+    model = load_model(MODEL_NAME, checkpoint=args.checkpoint, device="cpu")  # hash and key checks included
     start = time.monotonic()
     metrics = evaluate(model, args.scenes, args.first_seed, threshold=args.threshold)
     if args.attention:

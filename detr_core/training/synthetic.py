@@ -17,13 +17,14 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..io.image import IMAGENET_MEAN, IMAGENET_STD
+from ..models.zoo import SHAPES_CLASSES
 
 __all__ = [
     "BASE_SIZE", "CLASSES", "HELDOUT_FIRST_SEED", "TRAIN_FIRST_SEED",
     "make_batch", "make_scene", "scene_seeds", "to_tensor",
 ]  # fmt: skip
 
-CLASSES = ("ellipse", "rectangle", "triangle", "ring")  # the same order as zoo.SHAPES_CLASSES
+CLASSES = SHAPES_CLASSES  # label i is CLASSES[i], as in the detr_shapes registry entry
 BASE_SIZE = 128  # the canvas all geometry is drawn in; other sizes scale it
 TRAIN_FIRST_SEED = 0  # training scenes use seeds 0, 1, 2, ... (always below HELDOUT_FIRST_SEED)
 HELDOUT_FIRST_SEED = 10_000_000  # held-out scenes for evaluation and tests, never seen in training

@@ -31,13 +31,13 @@ import torch
 from torch import Tensor
 
 from ..models.weights import BUNDLED_DIR
-from ..models.zoo import MODELS, build_model
+from ..models.zoo import MODELS, SHAPES_MODEL, build_model
 from .criterion import SetCriterion
 from .synthetic import BASE_SIZE, HELDOUT_FIRST_SEED, TRAIN_FIRST_SEED, make_batch
 
 __all__ = ["TrainConfig", "export_checkpoint", "learning_rate", "main", "train"]
 
-MODEL_NAME = "detr_shapes"
+MODEL_NAME = SHAPES_MODEL
 
 
 class TrainConfig(argparse.Namespace):
