@@ -56,7 +56,7 @@ def head_blocks(
     """
     for start in range(0, q.shape[1], BLOCK_ROWS):
         stop = start + BLOCK_ROWS
-        block = torch.exp(q[:, start:stop] @ k.transpose(1, 2) - lse[:, start:stop, None])
+        block = torch.baddbmm(-lse[:, start:stop, None], q[:, start:stop], k.transpose(1, 2)).exp_()  # one pass
         if key_padding_mask is not None:
             block = block.masked_fill(key_padding_mask[0].view(1, 1, -1).bool(), 0.0)
         yield start, block
