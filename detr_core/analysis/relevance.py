@@ -80,22 +80,29 @@ class RelevanceAttention(torch.autograd.Function):
         row_dot = (grad_out * out).sum(-1)  # rowsum(A * dL/dA) = dL/dout . out: [nh, T_q]
         cam = torch.empty(q.shape[1], k.shape[1], dtype=q.dtype, device=q.device)  # Ā [T_q, T_k]
         dq = torch.empty_like(q) if need_q else None
-        dk = torch.zeros_like(k) if need_k else None
-        dv = torch.zeros_like(v) if need_v else None
+        # dk and dv accumulate transposed, [nh, d, T_k], so the big block is the right-hand operand as it
+        # is, never a transposed copy of it
+        dk_t = k.new_zeros(k.shape[0], k.shape[2], k.shape[1]) if need_k else None
+        dv_t = v.new_zeros(v.shape[0], v.shape[2], v.shape[1]) if need_v else None
         v_t = v.transpose(1, 2)  # [nh, d, T_k]
+        ga = clipped = None  # [nh, n, T_k] buffers reused by every block
         for start, a in kernel.head_blocks(q, k, lse, ctx.key_padding_mask):  # a: A's rows [nh, n, T_k]
             stop = start + a.shape[1]
             g = grad_out[:, start:stop]  # [nh, n, d]
             if need_v:
-                dv.baddbmm_(a.transpose(1, 2), g)  # A^T dL/dout
-            ga = torch.bmm(g, v_t).mul_(a)  # A * dL/dA: [nh, n, T_k]
-            cam[start:stop] = ga.clamp_min(0).mean(0)
+                dv_t.baddbmm_(g.transpose(1, 2), a)  # (A^T dL/dout)^T
+            if ga is None or ga.shape != a.shape:
+                ga, clipped = torch.empty_like(a), torch.empty_like(a)
+            torch.bmm(g, v_t, out=ga).mul_(a)  # A * dL/dA
+            torch.mean(torch.clamp_min(ga, 0, out=clipped), 0, out=cam[start:stop])
             if need_q or need_k:
                 ds = ga.addcmul_(a, row_dot[:, start:stop, None], value=-1)  # dL/dS: [nh, n, T_k]
                 if need_q:
                     dq[:, start:stop] = ds @ k
                 if need_k:
-                    dk.baddbmm_(ds.transpose(1, 2), q[:, start:stop])
+                    dk_t.baddbmm_(q[:, start:stop].transpose(1, 2), ds)  # (dL/dS^T q)^T
+        dk = None if dk_t is None else dk_t.transpose(1, 2)
+        dv = None if dv_t is None else dv_t.transpose(1, 2)
         ctx.sink(cam)
         return dq, dk, dv, None, None
 
