@@ -256,6 +256,13 @@ def test_relevance_is_computed_on_demand_once_per_query(scene):
     assert state.relevance_runs() == done and state.model_runs() == model_runs
 
 
+def test_relevance_is_offered_for_every_zoo_model_at_the_default_size():
+    """The guard admits R50-DC5 (and R101-DC5) at 800/1333: 50 x 84 = 4,200 feature cells, about 1.7 GB."""
+    assert state.RELEVANCE_MAX_TOKENS >= 50 * 84
+    assert state.relevance_gb(50 * 84) < 2.0
+    assert state.relevance_gb(3350) == pytest.approx(1.28, abs=0.1)  # R50-DC5 at 800x1066, measured
+
+
 def test_relevance_too_big_for_the_server_is_refused_with_a_message(scene, monkeypatch):
     """Above RELEVANCE_MAX_TOKENS feature cells the page explains instead of running a pass that could
     take gigabytes (an R50-DC5 photo), and shows raw attention with its controls enabled."""

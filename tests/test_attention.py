@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from detr_core.analysis.attention import LOOKED_AT, LOOKS, decoder_map, encoder_map
-from detr_core.analysis.capture import Analysis, capture
+from detr_core.analysis.capture import Analysis, attention_modules, capture
+from detr_core.analysis.recording import attention_inputs, is_active, recording
 from detr_core.analysis.relevance import normalize_residual, propagate, relevance
 from detr_core.analysis.rollout import rollout, rollout_vector
 from detr_core.analysis.stats import box_share, mean_attention_distance, normalized_entropy
 from detr_core.io.image import Geometry, preprocess
+from detr_core.models.transformer import in_projection
 from detr_core.training.synthetic import make_scene
 
 
@@ -188,3 +190,103 @@ def test_relevance_propagation_equals_the_full_matrix_products():
     for q in (0, 4, 6):
         torch.testing.assert_close(propagate(cams, q), _dense_relevance(cams, q), atol=1e-12, rtol=1e-10)
     assert not torch.allclose(propagate(cams, 0), propagate(cams, 4))
+
+
+class _ReferenceRelevanceAttention:
+    """The relevance hooks as they were before the autograd function (explicit softmax weights kept
+    for the backward pass, Ā from their gradient): the reference the blockwise backward must match."""
+
+    def __init__(self, roles):
+        self.role_of = {id(m): role for role, mods in roles.items() for m in mods}
+        self.roles, self.shapes, self.pending, self.leaves, self.cams = [], [], {}, {}, {}
+        self.source = None
+
+    def input_hook(self, module, args, output):
+        if is_active(self):
+            self.source = output.detach().requires_grad_(True)
+            return self.source
+        return None
+
+    def cam(self, call, grad, attn):
+        self.cams[call] = (grad * attn.detach()).clamp_min(0).mean(0).float().cpu()
+
+    def attention_hook(self, module, args, *kwargs_and_output):
+        if not is_active(self):
+            return None
+        call = attention_inputs(args, kwargs_and_output)
+        query, key, value, mask = call.query, call.key, call.value, call.key_padding_mask
+        T_q, B, E = query.shape
+        q, k, v = (t.flatten(0, 1) for t in in_projection(module, query, key, value))  # [B*nh, T, d]
+        logits = (q / math.sqrt(q.shape[-1])) @ k.transpose(1, 2)
+        if mask is not None:
+            logits = logits.masked_fill(mask.repeat_interleave(module.num_heads, 0)[:, None, :].bool(), float("-inf"))
+        attn = logits.softmax(-1)
+        call = len(self.roles)
+        self.roles.append(self.role_of[id(module)])
+        self.shapes.append((attn.shape[-2], attn.shape[-1]))
+        if attn.requires_grad:
+            self.pending[call] = attn
+            attn.register_hook(lambda grad, call=call: self.cam(call, grad, self.pending.pop(call)))
+        else:
+            attn = self.leaves[call] = attn.detach().requires_grad_(True)
+        return module.out_proj((attn @ v).transpose(0, 1).reshape(T_q, B, E)), None
+
+
+def _reference_relevance(model, prepared, query):
+    roles = attention_modules(model)
+    rec = _ReferenceRelevanceAttention(roles)
+    with recording(rec) as handles:
+        handles += [m.register_forward_hook(rec.attention_hook, with_kwargs=True) for ms in roles.values() for m in ms]
+        handles.append(model.input_projection.register_forward_hook(rec.input_hook))
+        with torch.enable_grad():
+            logits = model(prepared.tensor)["pred_logits"][0]
+            cls = int(logits[query, :-1].argmax())
+            leaves = list(rec.leaves.items())
+            grads = torch.autograd.grad(logits[query, cls], [rec.source] + [a for _, a in leaves], allow_unused=True)
+            for (call, attn), grad in zip(leaves, grads[1:]):
+                if grad is not None:
+                    rec.cam(call, grad, attn)
+    cams = [(role, rec.cams.get(call, torch.zeros(rec.shapes[call]))) for call, role in enumerate(rec.roles)]
+    return propagate(cams, query).float().view(prepared.geometry.feat_h, prepared.geometry.feat_w)
+
+
+@pytest.mark.parametrize(("name", "size"), [("detr_shapes", 128), ("detr_shapes", 416), ("detr_resnet50", 192)])
+def test_relevance_equals_the_explicit_attention_reference(zoo_model, name, size):
+    """The blockwise backward (weights rebuilt from q, k and lse, never kept) gives the maps of the
+    explicit-softmax implementation it replaced, to float32 rounding; 416 px -> 26 x 26 = 676 cells,
+    more than one block of kernel.BLOCK_ROWS rows."""
+    model = zoo_model(name)
+    prepared = preprocess(make_scene(7, size)[0], model.stride, size, size)
+    for q in (0, 11):
+        want = _reference_relevance(model, prepared, q)
+        got = relevance(model, prepared, q)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+def test_relevance_attention_gradients_and_cam_match_autograd():
+    """The autograd function's output, q/k/v gradients and Ā equal explicit softmax attention under
+    autograd, in float64, with and without ignored keys, across several row blocks."""
+    from detr_core.analysis import kernel
+    from detr_core.analysis.relevance import RelevanceAttention
+
+    gen = torch.Generator().manual_seed(0)
+    nh, t_q, t_k, d = 2, kernel.BLOCK_ROWS + 37, 70, 8
+    for masked in (False, True):
+        q, k, v = (torch.randn(nh, t, d, generator=gen, dtype=torch.float64) for t in (t_q, t_k, t_k))
+        mask = torch.zeros(1, t_k, dtype=torch.bool)
+        mask[0, -9:] = masked
+        w = torch.randn(nh, t_q, d, generator=gen, dtype=torch.float64)
+        cams = []
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        out = RelevanceAttention.apply(*leaves, mask if masked else None, cams.append)
+        got = torch.autograd.grad((out * w).sum(), leaves)
+        leaves_ref = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        attn = (leaves_ref[0] @ leaves_ref[1].transpose(1, 2)).masked_fill(mask[:, None, :], float("-inf")).softmax(-1)
+        attn.retain_grad()
+        out_ref = attn @ leaves_ref[2]
+        (out_ref * w).sum().backward()
+        torch.testing.assert_close(out, out_ref)
+        for g, ref in zip(got, leaves_ref):
+            torch.testing.assert_close(g, ref.grad)
+        (cam,) = cams
+        torch.testing.assert_close(cam, (attn.grad * attn).clamp_min(0).mean(0))

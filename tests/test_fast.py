@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from detr_core import load_image, load_model
+from detr_core.analysis.attention import decoder_map
 from detr_core.analysis.capture import capture
 from detr_core.io.image import preprocess
 from detr_core.models.fast import fast_dtype, fold_batchnorm, optimize_for_inference
@@ -46,24 +47,45 @@ def test_fast_dtype_is_none_or_reduced_precision():
     assert fast_dtype("cuda") == torch.float16
 
 
+# bfloat16 keeps 8 significant bits: each rounding moves a number by up to 2^-9 (0.2%) of itself, and
+# a product of two rounded inputs by up to ~0.4%. Through the 6 + 6 transformer layers the class
+# logits drift by a few hundredths; softmax turns that into score changes of at most 0.026 on these
+# images (measured, emulated bf16 on an AVX2 CPU; native bf16 rounds the same inputs the same way and
+# accumulates in float32 too, so its error is of the same size). A detection whose float32 score lies
+# within SCORE_MARGIN (about twice that) of the threshold may fall on either side of it, as the
+# `[] == [(12, 0)]` seen on a Xeon with AMX did, so only the ones clear of it are compared.
+SCORE_MARGIN = 0.05
+# The cross-attention maps of the compared detections: L1 distance over L1 size (measured <= 0.005).
+MAP_TOLERANCE = 0.02
+
+
 def test_fast_mode_finds_the_same_detections(samples_dir):
-    """bfloat16 autocast (emulated where the CPU lacks it: slower, but the numbers are the same kind)
-    against float32, with the project's own model, on held-out scenes and the sample photos."""
+    """bfloat16 autocast (emulated where the CPU lacks it: slower, but the same roundings) against
+    float32, with the project's own model, on held-out scenes and the sample photos: every detection
+    clear of the threshold by SCORE_MARGIN is found with the same class, a close box and the same map,
+    and none is found whose float32 score is clear below it."""
     spec = MODELS["detr_shapes"]
     model = optimize_for_inference(load_model("detr_shapes", device="cpu"))
     images = [make_scene(20_000_000 + i, 256)[0] for i in range(12)]
     images += [load_image(p) for p in sorted(samples_dir.glob("*.*")) if p.suffix in (".png", ".jpg")]
-    threshold = getattr(spec, "default_threshold", 0.9)
+    threshold = spec.default_threshold
     compared = 0
     for image in images:
         prepared = preprocess(image, model.stride, spec.min_size, spec.max_size)
-        exact = capture(model, prepared, spec.class_names).detections(threshold)
-        fast = capture(model, prepared, spec.class_names, autocast_dtype=torch.bfloat16).detections(threshold)
-        fast, exact = sorted(fast, key=lambda d: d.query), sorted(exact, key=lambda d: d.query)  # near-ties reorder
-        assert [(d.query, d.class_id) for d in fast] == [(d.query, d.class_id) for d in exact]
-        for a, b in zip(fast, exact):
-            assert a.box == pytest.approx(b.box, abs=0.03 * max(image.size))
-        compared += len(exact)
+        exact_a = capture(model, prepared, spec.class_names)
+        fast_a = capture(model, prepared, spec.class_names, autocast_dtype=torch.bfloat16)
+        clear = {d.query: d for d in exact_a.detections(threshold + SCORE_MARGIN)}  # clear above
+        candidates = {d.query for d in exact_a.detections(threshold - SCORE_MARGIN)}  # not clear below
+        fast = {d.query: d for d in fast_a.detections(threshold)}
+        assert set(fast) <= candidates, "fast mode found a detection clearly below the threshold in float32"
+        for query, want in clear.items():
+            got = fast.get(query)
+            assert got is not None, f"query {query} (float32 score {want.score:.3f}) lost in fast mode"
+            assert got.class_id == want.class_id
+            assert got.box == pytest.approx(want.box, abs=0.03 * max(image.size))
+            exact_map, fast_map = decoder_map(exact_a, query), decoder_map(fast_a, query)
+            assert float((fast_map - exact_map).abs().sum() / exact_map.abs().sum()) <= MAP_TOLERANCE
+        compared += len(clear)
     assert compared >= 12  # the scenes really have objects to agree on
 
 

@@ -81,18 +81,18 @@ SOURCE_LABELS = {
     SOURCE_CAMERA: "Camera",
 }
 
-# Relevance (Chefer et al.) keeps every encoder layer's [heads, HW, HW] attention for its backward
-# pass. Peak resident memory above a captured pass (`python benchmarks/bench.py`, row "relevance:
-# peak memory"): R50 0.80 GB at 850 cells, 1.07 GB at 1,050; R50-DC5 4.0 GB at 3,350, 5.6 GB at
-# 4,200; about 0.6 GB + 3e-7 GB x cells^2. The server runs one at a time (_relevance_lock) and
-# refuses more than RELEVANCE_MAX_TOKENS cells (about 2 GB): every R50/R101 model at the default
-# 800/1333 sizes (<= 1,050 cells) passes, DC5 models need a shorter side of about 640 px.
-RELEVANCE_MAX_TOKENS = 2200
+# Relevance (Chefer et al.) rebuilds each layer's attention block by block in its backward pass and
+# keeps one [cells x cells] float32 Ā per encoder layer (detr_core/analysis/relevance.py). Peak resident
+# memory above a captured pass (`python benchmarks/bench.py`, row "relevance: peak memory"): R50 0.56 GB
+# at 850 cells, R50-DC5 1.28 GB at 3,350; about 0.5 GB + 7e-8 GB x cells^2. The server runs one at a
+# time (_relevance_lock) and refuses more than RELEVANCE_MAX_TOKENS cells (about 1.7 GB): every model
+# in the zoo, DC5 ones included, at the default 800/1333 sizes (<= 50 x 84 = 4,200 cells) passes.
+RELEVANCE_MAX_TOKENS = 4200
 
 
 def relevance_gb(tokens: int) -> float:
     """Estimated peak memory of one relevance pass, GB (the fit above)."""
-    return 0.6 + 3e-7 * tokens**2
+    return 0.5 + 7e-8 * tokens**2
 
 
 _relevance_lock = threading.Lock()
@@ -217,8 +217,8 @@ def relevance_refusal(analysis: Analysis) -> str | None:
         return None
     gb = relevance_gb(tokens)
     return (
-        f"Relevance is not offered at this size: it runs a forward and a backward pass that keep every encoder "
-        f"layer's full attention, which grows with the square of the feature cells: {tokens:,} cells here "
+        f"Relevance is not offered at this size: it runs a forward and a backward pass that keep one cells x cells "
+        f"matrix per encoder layer, which grows with the square of the feature cells: {tokens:,} cells here "
         f"(about {gb:.1f} GB), at most {RELEVANCE_MAX_TOKENS:,} on this server. Lower the shorter side in the "
         "sidebar, or use raw attention, which works at any size."
     )

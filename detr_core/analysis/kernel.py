@@ -17,7 +17,18 @@ from torch import Tensor
 
 from ..models.transformer import FLASH_ATTENTION_CPU
 
-__all__ = ["BLOCK_ROWS", "LOOKED_AT", "LOOKS", "Direction", "column", "matvec", "row", "row_blocks", "row_logsumexp"]
+__all__ = [
+    "BLOCK_ROWS",
+    "LOOKED_AT",
+    "LOOKS",
+    "Direction",
+    "column",
+    "head_blocks",
+    "matvec",
+    "row",
+    "row_blocks",
+    "row_logsumexp",
+]
 
 Direction = Literal["looks", "looked_at"]
 LOOKS: Direction = "looks"  # row i: where location i looks (sums to 1 over the image)
@@ -36,13 +47,26 @@ def column(q: Tensor, k: Tensor, lse: Tensor, j: int) -> Tensor:
     return torch.exp((q @ k[:, j, :, None])[..., 0] - lse)
 
 
+def head_blocks(
+    q: Tensor, k: Tensor, lse: Tensor, key_padding_mask: Tensor | None = None
+) -> Iterator[tuple[int, Tensor]]:
+    """Every head's whole map block by block: (first row, rows [nh, n, T_k]), n <= BLOCK_ROWS.
+
+    `key_padding_mask` [1, T_k] (True = ignored key, as given to `row_logsumexp`) zeroes those columns.
+    """
+    for start in range(0, q.shape[1], BLOCK_ROWS):
+        stop = start + BLOCK_ROWS
+        block = torch.baddbmm(-lse[:, start:stop, None], q[:, start:stop], k.transpose(1, 2)).exp_()  # one pass
+        if key_padding_mask is not None:
+            block = block.masked_fill(key_padding_mask[0].view(1, 1, -1).bool(), 0.0)
+        yield start, block
+
+
 def row_blocks(q: Tensor, k: Tensor, lse: Tensor, head: int | None = None) -> Iterator[tuple[int, Tensor]]:
     """The whole map block by block: (first row, rows [n, T_k]) of one head, or of the head mean (None)."""
     heads = slice(None) if head is None else slice(head, head + 1)
-    q, k, lse = q[heads], k[heads], lse[heads]
-    for start in range(0, q.shape[1], BLOCK_ROWS):
-        stop = start + BLOCK_ROWS
-        yield start, torch.exp(q[:, start:stop] @ k.transpose(1, 2) - lse[:, start:stop, None]).mean(0)
+    for start, block in head_blocks(q[heads], k[heads], lse[heads]):
+        yield start, block.mean(0)
 
 
 def matvec(q: Tensor, k: Tensor, lse: Tensor, v: Tensor, transpose: bool = False) -> Tensor:

@@ -18,39 +18,104 @@ without that factor, and row q of it is u^T norm(R_ii) = (u / s)^T (R_ii - I) + 
 the row sums of R_ii - I. Both s = R_ii 1 - 1 and (u / s)^T R_ii are chains of matrix-vector
 products through the encoder layers: HW^2 work per layer, the same numbers to float64 rounding.
 
-This needs gradients, so it runs its own forward pass (hooks replace each attention's output with
-an explicitly computed, equal one whose weights keep their gradient); the model is not edited and
-nothing is written to its parameters' .grad. Call it on demand for one query, then cache it.
+This needs gradients, so it runs its own forward pass: hooks replace each attention's output with
+an equal one from `RelevanceAttention`, an autograd function of the scaled queries, keys and values
+whose forward is the fused kernel (keeping only q, k, v, the output and the row log-sum-exp, never
+the [nh, T_q, T_k] weights) and whose backward rebuilds the weights block by block (analysis/kernel.py)
+and, with the gradients of q, k and v, hands that layer's Ā to the recorder. At most BLOCK_ROWS rows
+of one layer's weights exist at a time (R50-DC5 at 800x1066: 55 MB per block instead of 360 MB per
+layer kept for the whole backward pass). The model is not edited and nothing is written to its
+parameters' .grad. Call it on demand for one query, then cache it.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import DETRError
 from ..io.image import PreparedImage
-from ..models.transformer import in_projection
+from ..models.transformer import FLASH_ATTENTION_CPU, in_projection
+from . import kernel
 from .capture import CaptureError, attention_modules
 from .recording import attention_inputs, is_active, recording
 
-__all__ = ["relevance"]
+__all__ = ["RelevanceAttention", "relevance"]
 
 
-class _ExplicitAttention:
-    """Hooks that recompute each attention explicitly, with weights [nh, T_q, T_k] that keep their
-    gradient, and turn each layer's (weights, gradient) into its Ā as soon as the backward pass
-    reaches it, so no layer's gradient outlives its use (R50-DC5 at 800x1066: 360 MB per layer)."""
+class RelevanceAttention(torch.autograd.Function):
+    """softmax(q k^T) v of one image, q already scaled: q [nh, T_q, d], k and v [nh, T_k, d], an
+    optional key_padding_mask [1, T_k] (True = ignored key) -> [nh, T_q, d].
+
+    The backward pass calls `sink(Ā)` with Ā = mean over heads of max(A * dL/dA, 0) [T_q, T_k], where
+    A = exp(q k^T - lse) is rebuilt block by block and dL/dA = dL/dout v^T, and returns the gradients
+    of q, k and v by the softmax rule dL/dS = A * (dL/dA - rowsum(A * dL/dA)), that row sum being
+    dL/dout . out."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, sink: Callable) -> Tensor:
+        if FLASH_ATTENTION_CPU is not None and q.device.type == "cpu" and key_padding_mask is None:
+            out, lse = (t[0] for t in FLASH_ATTENTION_CPU(q[None], k[None], v[None], scale=1.0)[:2])
+        else:
+            lse = kernel.row_logsumexp(q, k, key_padding_mask)  # [nh, T_q]
+            mask = None
+            if key_padding_mask is not None:  # -inf logits for ignored keys: [1, 1, 1, T_k]
+                mask = torch.zeros(key_padding_mask.shape, dtype=q.dtype, device=q.device)
+                mask = mask.masked_fill(key_padding_mask.bool(), float("-inf"))[:, None, None, :]
+            out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, scale=1.0)[0]
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.key_padding_mask, ctx.sink = key_padding_mask, sink
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple:
+        q, k, v, out, lse = ctx.saved_tensors
+        need_q, need_k, need_v = ctx.needs_input_grad[:3]
+        grad_out = grad_out.contiguous()  # [nh, T_q, d]
+        row_dot = (grad_out * out).sum(-1)  # rowsum(A * dL/dA) = dL/dout . out: [nh, T_q]
+        cam = torch.empty(q.shape[1], k.shape[1], dtype=q.dtype, device=q.device)  # Ā [T_q, T_k]
+        dq = torch.empty_like(q) if need_q else None
+        # dk and dv accumulate transposed, [nh, d, T_k], so the big block is the right-hand operand as it
+        # is, never a transposed copy of it
+        dk_t = k.new_zeros(k.shape[0], k.shape[2], k.shape[1]) if need_k else None
+        dv_t = v.new_zeros(v.shape[0], v.shape[2], v.shape[1]) if need_v else None
+        v_t = v.transpose(1, 2)  # [nh, d, T_k]
+        ga = clipped = None  # [nh, n, T_k] buffers reused by every block
+        for start, a in kernel.head_blocks(q, k, lse, ctx.key_padding_mask):  # a: A's rows [nh, n, T_k]
+            stop = start + a.shape[1]
+            g = grad_out[:, start:stop]  # [nh, n, d]
+            if need_v:
+                dv_t.baddbmm_(g.transpose(1, 2), a)  # (A^T dL/dout)^T
+            if ga is None or ga.shape != a.shape:
+                ga, clipped = torch.empty_like(a), torch.empty_like(a)
+            torch.bmm(g, v_t, out=ga).mul_(a)  # A * dL/dA
+            torch.mean(torch.clamp_min(ga, 0, out=clipped), 0, out=cam[start:stop])
+            if need_q or need_k:
+                ds = ga.addcmul_(a, row_dot[:, start:stop, None], value=-1)  # dL/dS: [nh, n, T_k]
+                if need_q:
+                    dq[:, start:stop] = ds @ k
+                if need_k:
+                    dk_t.baddbmm_(q[:, start:stop].transpose(1, 2), ds)  # (dL/dS^T q)^T
+        dk = None if dk_t is None else dk_t.transpose(1, 2)
+        dv = None if dv_t is None else dv_t.transpose(1, 2)
+        ctx.sink(cam)
+        return dq, dk, dv, None, None
+
+
+class _ExplicitGradAttention:
+    """Hooks that replace each attention's output with `RelevanceAttention`'s (the same numbers) and
+    collect each layer's Ā as the backward pass reaches it."""
 
     def __init__(self, roles: dict[str, list[nn.MultiheadAttention]]):
         self.role_of = {id(m): role for role, mods in roles.items() for m in mods}
         self.roles: list[str] = []  # role of each attention call, in call order
         self.shapes: list[tuple[int, int]] = []  # its [T_q, T_k]
-        self.pending: dict[int, Tensor] = {}  # call -> weights, until its gradient arrives
-        self.leaves: dict[int, Tensor] = {}  # call -> weights that depend on no input (asked for explicitly)
+        self.leaves: list[Tensor] = []  # values made leaves where no input needs a gradient (asked for explicitly)
         self.cams: dict[int, Tensor] = {}  # call -> Ā [T_q, T_k], float32 on the CPU
         self.source: Tensor | None = None  # the transformer's input, where the graph starts
 
@@ -60,11 +125,8 @@ class _ExplicitAttention:
             return self.source
         return None
 
-    def cam(self, call: int, grad: Tensor, attn: Tensor) -> None:
-        self.cams[call] = (grad * attn.detach()).clamp_min(0).mean(0).float().cpu()  # head mean: [T_q, T_k]
-
-    def on_grad(self, call: int, grad: Tensor) -> None:
-        self.cam(call, grad, self.pending.pop(call))
+    def store(self, call: int, cam: Tensor) -> None:
+        self.cams[call] = cam.float().cpu()
 
     def attention_hook(self, module: nn.MultiheadAttention, args: tuple, *kwargs_and_output):
         if not is_active(self):  # another thread's recording, or none
@@ -74,22 +136,19 @@ class _ExplicitAttention:
         if module.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         T_q, B, E = query.shape
-        q, k, v = (t.flatten(0, 1) for t in in_projection(module, query, key, value))  # [B*nh, T, d]
+        if B != 1:
+            raise DETRError(f"relevance runs on one image at a time, not a batch of {B}")
+        q, k, v = (t[0] for t in in_projection(module, query, key, value))  # [nh, T, d]
         q = q / math.sqrt(q.shape[-1])
-        logits = q @ k.transpose(1, 2)  # [B*nh, T_q, T_k]
-        if mask is not None:
-            logits = logits.masked_fill(mask.repeat_interleave(module.num_heads, 0)[:, None, :].bool(), float("-inf"))
-        attn = logits.softmax(-1)
-        call = len(self.roles)
+        if not (q.requires_grad or k.requires_grad or v.requires_grad):  # e.g. the first decoder self-attention
+            v = v.detach().requires_grad_(True)  # (queries only, no image): its Ā needs dL/dout all the same
+            self.leaves.append(v)
+        index = len(self.roles)
         self.roles.append(self.role_of[id(module)])
-        self.shapes.append((attn.shape[-2], attn.shape[-1]))
-        if attn.requires_grad:
-            self.pending[call] = attn
-            attn.register_hook(functools.partial(self.on_grad, call))
-        else:  # e.g. the first decoder self-attention (queries only, no image)
-            attn = self.leaves[call] = attn.detach().requires_grad_(True)
-        out = (attn @ v).transpose(0, 1).reshape(T_q, B, E)
-        out = module.out_proj(out)
+        self.shapes.append((q.shape[1], k.shape[1]))
+        mask = None if mask is None else mask.bool()
+        out = RelevanceAttention.apply(q, k, v, mask, functools.partial(self.store, index))  # [nh, T_q, d]
+        out = module.out_proj(out.transpose(0, 1).reshape(T_q, B, E))
         if module.batch_first:
             out = out.transpose(0, 1)
         return out, None
@@ -140,7 +199,7 @@ def relevance(model: nn.Module, prepared: PreparedImage, query: int, class_id: i
     `class_id` defaults to the query's most likely class (excluding "no object").
     """
     roles = attention_modules(model)
-    rec = _ExplicitAttention(roles)
+    rec = _ExplicitGradAttention(roles)
     device = next(model.parameters()).device
     with recording(rec) as handles:
         handles += [
@@ -153,12 +212,7 @@ def relevance(model: nn.Module, prepared: PreparedImage, query: int, class_id: i
             if not 0 <= query < logits.shape[0]:
                 raise DETRError(f"query {query} does not exist: the model has {logits.shape[0]} queries")
             cls = int(logits[query, :-1].argmax()) if class_id is None else class_id
-            leaves = list(rec.leaves.items())
-            inputs = [rec.source] + [attn for _, attn in leaves]
-            grads = torch.autograd.grad(logits[query, cls], inputs, allow_unused=True)  # fires rec.on_grad
-            for (call, attn), grad in zip(leaves, grads[1:]):
-                if grad is not None:
-                    rec.cam(call, grad, attn)
+            torch.autograd.grad(logits[query, cls], [rec.source, *rec.leaves], allow_unused=True)  # fills rec.cams
 
     cams = [(role, rec.cams.get(call, torch.zeros(rec.shapes[call]))) for call, role in enumerate(rec.roles)]
     g = prepared.geometry
