@@ -248,3 +248,124 @@ def test_a_detr_segm_checkpoint_loads_its_detection_part_and_says_so(tmp_path):
     own = load_own_model(tmp_path / "segm.pth", device="cpu")
     assert "DETR-segm" in own.spec.notes and "mask head (2 tensors)" in own.spec.notes
     assert own.spec.config.num_classes == 250
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: a clear CheckpointError, never a traceback
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def _tiny_official(tmp_path):
+    args = _official_args(hidden_dim=32, nheads=4, dim_feedforward=48, enc_layers=1, dec_layers=1)
+    torch.manual_seed(0)
+    model = build_detr(_args_to_config(args, 7)).eval()
+    path = tmp_path / "good.pth"
+    _main_py_checkpoint(path, model, args)
+    return path, model
+
+
+def _bad_files(tmp_path):
+    """(label, path, the message it must give)."""
+    from safetensors.torch import save_file
+
+    good, model = _tiny_official(tmp_path)
+    data = good.read_bytes()
+    cases = []
+
+    def put(name, content):
+        p = tmp_path / name
+        p.write_bytes(content) if isinstance(content, bytes) else p.write_text(content)
+        return p
+
+    cases.append(("truncated", put("truncated.pth", data[: len(data) // 2]), "damaged, truncated"))
+    cases.append(("corrupt", put("corrupt.pth", b"\x00garbage" * 100), "damaged, truncated"))
+    torch.save({"model": model.state_dict(), "evil": _RunsCode()}, tmp_path / "evil.pth")
+    cases.append(("pickle that runs code", tmp_path / "evil.pth", "refused.*could run code"))
+    torch.save({"model": model.state_dict(), "args": {1, 2}, "x": Image.new("RGB", (2, 2))}, tmp_path / "obj.pth")
+    cases.append(("pickle with other objects", tmp_path / "obj.pth", "refused"))
+    deform = {"transformer.level_embed": torch.zeros(4, 32), "input_proj.0.0.weight": torch.zeros(32, 512, 1, 1)}
+    torch.save({"model": deform}, tmp_path / "deformable.pth")
+    cases.append(("Deformable DETR", tmp_path / "deformable.pth", "looks like a Deformable DETR"))
+    rcnn = {"rpn.head.conv.0.0.weight": torch.zeros(1), "roi_heads.box_head.fc6.weight": torch.zeros(1)}
+    torch.save(rcnn, tmp_path / "frcnn.pth")
+    cases.append(("Faster R-CNN", tmp_path / "frcnn.pth", "looks like a Faster / Mask R-CNN"))
+    torch.save({"class_token": torch.zeros(1, 1, 8), "conv_proj.weight": torch.zeros(8, 3, 16, 16)}, tmp_path / "v.pth")
+    cases.append(("ViT", tmp_path / "v.pth", "looks like a Vision Transformer"))
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    cases.append(("a list", tmp_path / "list.pth", "not a checkpoint"))
+
+    _hf, folder = make_hf(tmp_path, "7 labels, 20 queries, 2+2 layers, timm R50")
+    from safetensors.torch import load_file
+
+    sd = load_file(str(folder / "model.safetensors"))
+
+    def hf_variant(name, state):
+        f = tmp_path / name
+        f.mkdir()
+        (f / "config.json").write_text((folder / "config.json").read_text())
+        save_file(state, str(f / "model.safetensors"))
+        return f
+
+    missing = dict(sd)
+    missing.pop("model.decoder.layers.0.fc1.weight")
+    cases.append(("safetensors: missing tensor", hf_variant("missing", missing), "1 missing keys.*linear1"))
+    extra = dict(sd, **{"model.extra.weight": torch.zeros(3)})
+    cases.append(("safetensors: extra tensor", hf_variant("extra", extra), "unexpected keys"))
+    shape = dict(sd, **{"model.input_projection.weight": torch.zeros(32, 100, 1, 1)})
+    cases.append(("safetensors: wrong shape", hf_variant("shape", shape), "shape mismatches.*input_proj"))
+    dtype = dict(sd, **{"model.input_projection.bias": torch.zeros(32, dtype=torch.int32)})
+    cases.append(("safetensors: wrong dtype", hf_variant("dtype", dtype), "int32, not floating point"))
+    trunc = tmp_path / "trunc"
+    trunc.mkdir()
+    (trunc / "config.json").write_text((folder / "config.json").read_text())
+    (trunc / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:5000])
+    cases.append(("safetensors: truncated", trunc, "damaged, truncated or not safetensors"))
+    for kind in ("deformable_detr", "conditional_detr", "rt_detr", "yolos"):
+        f = tmp_path / kind
+        f.mkdir()
+        (f / "config.json").write_text(f'{{"model_type": "{kind}"}}')
+        cases.append((f"HF {kind}", f, f"not supported: {kind}"))
+    nothing = tmp_path / "noweights"
+    nothing.mkdir()
+    (nothing / "config.json").write_text((folder / "config.json").read_text())
+    cases.append(("HF folder without weights", nothing, "no model.safetensors or pytorch_model.bin"))
+    cases.append(("not there", tmp_path / "nope.pth", "not found"))
+    return cases
+
+
+def test_every_bad_file_gives_a_clear_checkpoint_error(tmp_path):
+    cases = _bad_files(tmp_path)
+    for label, path, message in cases:
+        with pytest.raises(CheckpointError, match=message):
+            load_own_model(path, device="cpu")
+        print(f"{label}: ok")
+    assert len(cases) == 19
+
+
+def test_class_names_from_every_kind_of_sidecar_file_and_a_wrong_count(tmp_path):
+    from detr_core.io.class_names import ClassNamesError, read_class_names
+
+    names = [f"thing{i}" for i in range(7)]
+    (tmp_path / "c.txt").write_text("\n".join(names) + "\n\n")
+    (tmp_path / "c.json").write_text(str(names).replace("'", '"'))
+    (tmp_path / "map.json").write_text('{"0": "thing0", "6": "thing6"}')
+    coco = '{"images": [], "annotations": [], "categories": [{"id": 1, "name": "cat"}, {"id": 3, "name": "dog"}]}'
+    (tmp_path / "coco.json").write_text(coco)
+    assert read_class_names(tmp_path / "c.txt", 7) == tuple(names)
+    assert read_class_names(tmp_path / "c.json", 7) == tuple(names)
+    assert read_class_names(tmp_path / "map.json", 7) == ("thing0", *[f"class {i}" for i in range(1, 6)], "thing6")
+    assert read_class_names(tmp_path / "coco.json", 4) == ("class 0", "cat", "class 2", "dog")
+    with pytest.raises(ClassNamesError, match="names 7 classes, but the model has 5"):
+        read_class_names(tmp_path / "c.txt", 5)
+    with pytest.raises(ClassNamesError, match=r"class id 3, but the model's class ids are 0\.\.2"):
+        read_class_names(tmp_path / "coco.json", 3)
+    good, _ = _tiny_official(tmp_path)
+    own = load_own_model(good, classes=tmp_path / "c.txt", device="cpu")
+    assert own.spec.class_names == tuple(names)
+    (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    with pytest.raises(CheckpointError, match="names 3 classes, but the model has 7"):
+        load_own_model(good, classes=tmp_path / "three.txt", device="cpu")

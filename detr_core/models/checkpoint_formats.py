@@ -66,6 +66,10 @@ def safe_torch_load(path: Path, allow_namespace: bool = True) -> Any:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):  # "Unsupported operand", "invalid load key": not a pickle at all
+            raise CheckpointError(
+                f"cannot read {path.name}: it is damaged, truncated or not a PyTorch checkpoint ({e})"
+            ) from None
         raise CheckpointError(
             f"{path.name} was refused: it holds Python objects other than tensors, containers and the training "
             f"arguments{_refused_global(e)}, and loading them could run code. Save the state dict alone, or "
