@@ -260,7 +260,7 @@ class _RunsCode:
 
 
 def _tiny_official(tmp_path):
-    args = _official_args(hidden_dim=32, nheads=4, dim_feedforward=48, enc_layers=1, dec_layers=1)
+    args = _official_args(hidden_dim=32, nheads=4, dim_feedforward=48, enc_layers=1, dec_layers=1, num_queries=20)
     torch.manual_seed(0)
     model = build_detr(_args_to_config(args, 7)).eval()
     path = tmp_path / "good.pth"
@@ -369,3 +369,31 @@ def test_class_names_from_every_kind_of_sidecar_file_and_a_wrong_count(tmp_path)
     (tmp_path / "three.txt").write_text("a\nb\nc\n")
     with pytest.raises(CheckpointError, match="names 3 classes, but the model has 7"):
         load_own_model(good, classes=tmp_path / "three.txt", device="cpu")
+
+
+def test_the_cli_analyses_an_image_with_your_own_checkpoint_and_class_file(tmp_path, capsys):
+    import json
+
+    from detr_core.cli import main
+    from detr_core.models.zoo import MODELS
+
+    good, _ = _tiny_official(tmp_path)
+    (tmp_path / "classes.txt").write_text("\n".join(f"part{i}" for i in range(7)))
+    photo = tmp_path / "photo.png"
+    _photo().save(photo)
+    try:
+        argv = [str(photo), "--checkpoint", str(good), "--classes", str(tmp_path / "classes.txt")]
+        rc = main([*argv, "--threshold", "0.0", "--out", str(tmp_path / "out"), "--device", "cpu"])
+        assert rc == 0
+        result = json.loads((tmp_path / "out" / "photo" / "detections.json").read_text())
+        assert result["model"] == "good"
+        assert len(result["detections"]) == 20  # threshold 0: every query
+        assert {d["class_name"] for d in result["detections"]} <= {f"part{i}" for i in range(7)}
+        (tmp_path / "two.txt").write_text("a\nb\n")
+        rc = main([str(photo), "--checkpoint", str(good), "--classes", str(tmp_path / "two.txt"), "--out", "x"])
+        assert rc == 2 and "names 2 classes, but the model has 7" in capsys.readouterr().err
+        torch.save(_tiny_official(tmp_path)[1].state_dict(), tmp_path / "bare.pth")
+        assert main([str(photo), "--checkpoint", str(tmp_path / "bare.pth"), "--out", "x"]) == 2
+        assert "--dilation or --no-dilation" in capsys.readouterr().err
+    finally:
+        MODELS.pop("good", None)
