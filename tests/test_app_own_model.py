@@ -80,3 +80,6 @@ def test_your_model_is_listed_its_classes_show_in_detect_and_its_queries_in_deco
     assert all(p.split(": ")[1].split(" (")[0] in CLASSES for p in picks), picks
     assert len(at.selectbox(key="p_dec_layer").options) == 2 + 1  # 2 decoder layers and their mean
     assert not at.error, [e.value for e in at.error]
+    for page in ("encoder", "model", "guide"):  # every other page works for this model too
+        at.switch_page(f"pages/{page}.py").run()
+        assert not at.exception and not at.error, (page, [e.value for e in (*at.exception, *at.error)])

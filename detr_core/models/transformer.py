@@ -1,5 +1,7 @@
 """DETR's transformer: a post-norm encoder-decoder where position encodings are added to the
-queries and keys of every attention (never to the values).
+queries and keys of every attention (never to the values). With `normalize_before` (the official
+`pre_norm` option, e.g. Table Transformer) each sublayer normalizes its input instead, and the
+encoder ends with a norm (`encoder.norm`), as in the official code.
 
 Token layout follows the official code: sequence first, [HW, B, C] for the image tokens (the
 feature map flattened row by row, token = row * w + col) and [Q, B, C] for the object queries.
