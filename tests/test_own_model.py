@@ -91,6 +91,7 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
 
 
 def make_hf(tmp_path, label: str, seed: int = 0):
+    torch.manual_seed(seed)  # HF's own init (the backbone) draws from the global generator
     overrides = dict(HF_CONFIGS[label])
     table = overrides.pop("table_transformer", False)
     if overrides.get("backbone_config") == "resnet":
@@ -114,7 +115,11 @@ def _photo() -> Image.Image:
     return Image.fromarray((torch.rand(IMAGE_H, IMAGE_W, 3, generator=g) * 255).byte().numpy())
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+ABS: dict[str, float] = {}  # quantity -> max absolute difference of the last config run (printed)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor, what: str = "") -> float:
+    ABS[what] = max(ABS.get(what, 0.0), float((a - b).abs().max()))
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
@@ -127,16 +132,17 @@ def test_a_hugging_face_detr_matches_hf_in_predictions_and_every_attention_map(t
     with torch.no_grad():
         out = hf(pixel_values=prepared.tensor, output_attentions=True)
 
+    ABS.clear()
     diffs = {
-        "logits": _rel(analysis.pred_logits[-1], out.logits[0]),
-        "boxes": _rel(analysis.pred_boxes[-1], out.pred_boxes[0]),
+        "logits": _rel(analysis.pred_logits[-1], out.logits[0], "logits"),
+        "boxes": _rel(analysis.pred_boxes[-1], out.pred_boxes[0], "boxes"),
     }
     hw = analysis.geometry.tokens
     assert hw == out.encoder_attentions[0].shape[-1]
     enc = []
     for layer in range(analysis.enc_layers):
         ours = torch.stack([encoder_attention(analysis, layer, t) for t in range(hw)], dim=1)  # [nh, HW, HW]
-        enc.append(_rel(ours, out.encoder_attentions[layer][0]))
+        enc.append(_rel(ours, out.encoder_attentions[layer][0], "encoder attention"))
         assert ours.max() > 2 / hw  # far from uniform: the comparison means something
     cross = []
     nh, q = analysis.nheads, analysis.num_queries
@@ -144,11 +150,11 @@ def test_a_hugging_face_detr_matches_hf_in_predictions_and_every_attention_map(t
         ours = torch.stack(
             [torch.stack([decoder_map(analysis, i, layer, h).flatten() for i in range(q)]) for h in range(nh)]
         )  # [nh, Q, HW]
-        cross.append(_rel(ours, out.cross_attentions[layer][0]))
+        cross.append(_rel(ours, out.cross_attentions[layer][0], "cross attention"))
     diffs["encoder attention"] = max(enc)
     diffs["cross attention"] = max(cross)
     AGREEMENT[label] = diffs
-    print(f"\n{label}: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    print(f"\n{label}: " + ", ".join(f"{k} rel {v:.1e} abs {ABS[k]:.1e}" for k, v in diffs.items()))
     assert all(v < TOL for v in diffs.values()), diffs
     # the architecture and the class names came from the folder
     assert analysis.pred_logits.shape[-1] == hf.config.num_labels + 1
