@@ -1,6 +1,7 @@
 """Command line: analyze photos without the dashboard.
 
     python -m detr_core IMAGE... --model NAME [--threshold T] [--points X,Y ...] --out DIR
+    python -m detr_core IMAGE... --checkpoint PATH [--classes FILE] --out DIR     (your own DETR)
 
 writes, per image, into DIR/<image stem>/: detections.json, boxes.png, one decoder_q<Q>_<class>.png
 per detection (its cross-attention beside its box) and one encoder_x<X>_y<Y>.png per point (original
@@ -13,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
@@ -22,7 +24,8 @@ from .analysis.pipeline import analyze
 from .errors import DETRError
 from .io.image import load_image
 from .io.render import draw_boxes, draw_cell, overlay
-from .models.zoo import MODELS, load_model
+from .models.own import load_own_model
+from .models.zoo import MODELS, load_model, register
 
 __all__ = ["main"]
 
@@ -97,8 +100,18 @@ def analyze_file(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m detr_core", description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="+", type=Path, help="photos to analyze")
-    parser.add_argument("--model", default="detr_resnet50", choices=sorted(MODELS), help="model of the zoo")
-    parser.add_argument("--checkpoint", type=Path, help="a local checkpoint file (default: the registry's)")
+    parser.add_argument("--model", choices=sorted(MODELS), help="model of the zoo (default: detr_resnet50)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="a local checkpoint: with --model, that model's file; alone, your own DETR (a main.py checkpoint, "
+        "a state dict, or a Hugging Face save_pretrained folder)",
+    )
+    parser.add_argument("--classes", type=Path, help="your model's class names (one per line, JSON, or COCO file)")
+    parser.add_argument(
+        "--dilation", action=argparse.BooleanOptionalAction, help="your model's backbone is DC5 (if it has no args)"
+    )
+    parser.add_argument("--nheads", type=int, help="your model's attention heads (if its checkpoint has no args)")
     parser.add_argument("--threshold", type=float, help="keep detections above this score (default: the model's)")
     parser.add_argument(
         "--points",
@@ -112,13 +125,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args(argv)
 
-    spec = MODELS[args.model]
-    threshold = args.threshold if args.threshold is not None else spec.default_threshold
     try:
-        model = load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+        if args.model is None and args.checkpoint is not None:  # your own DETR
+            own = load_own_model(
+                args.checkpoint, args.classes, dilation=args.dilation, nheads=args.nheads, device=args.device
+            )
+            model, spec = own.model, own.spec
+            if spec.name in MODELS:  # never shadow a zoo model
+                spec = replace(spec, name=f"{spec.name} (yours)")
+            register(spec)  # checked against the model contract; analyzed by name below, like a zoo model
+            args.model = spec.name
+            sys.stderr.write(f"{spec.title}: {spec.notes}\n")
+        else:
+            args.model = args.model or "detr_resnet50"
+            spec = MODELS[args.model]
+            model = load_model(args.model, checkpoint=args.checkpoint, device=args.device)
     except DETRError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    threshold = args.threshold if args.threshold is not None else spec.default_threshold
     failures, used, start = 0, set(), time.perf_counter()
     for i, path in enumerate(args.images):
         try:

@@ -48,6 +48,7 @@ from detr_core.models import weights
 from detr_core.models.fast import optimize_for_inference
 from detr_core.models.zoo import SHAPES_MODEL, ModelSpec, model_status
 
+from . import own_models
 from .lru import MB, BoundedLRU
 
 log = logging.getLogger("detr_explorer")
@@ -138,6 +139,8 @@ def _model(name: str, weights_id: str):
 
 def get_model(name: str, weights_id: str):
     """The model for `name` (cached)."""
+    if own_models.is_own(name):
+        return own_models.own_model(name)
     return _model(name, weights_id)
 
 
@@ -376,7 +379,9 @@ def default_threshold(spec: ModelSpec) -> float:
 
 
 def _default_model() -> tuple[str, str | None]:
-    """The first official model whose checkpoint is here; else detr_shapes and why."""
+    """The first official model whose checkpoint is here; else detr_shapes and why. Your own first, if any."""
+    if own_models.MODELS_OWN:
+        return next(iter(own_models.MODELS_OWN)), None
     for name in OFFICIAL_PREFERENCE:
         if name in MODELS and model_status(MODELS[name]) == "available":
             return name, None
@@ -466,6 +471,8 @@ def _on_model_change() -> None:
 
 def _model_label(name: str) -> str:
     spec = MODELS[name]
+    if own_models.is_own(name):
+        return spec.title  # "NAME (your model: ...)"
     status = model_status(spec)
     if status == "available":
         mark = "available"
@@ -486,6 +493,8 @@ def _ensure_model(name: str, progress_area) -> tuple[Any, str]:
     Returns (model, weights_id). Raises CheckpointError when it cannot be had.
     """
     spec = MODELS[name]
+    if own_models.is_own(name):
+        return own_models.own_model(name), f"own:{spec.checkpoint.filename}"
     status = model_status(spec)
     info = spec.checkpoint
     if status != "available":
@@ -550,6 +559,7 @@ def sidebar(page_slugs: Sequence[str]) -> tuple[View | None, str | None]:
     """Build the shared sidebar and this run's `View` (stored for the pages). Returns (view, page to open)."""
     ss = st.session_state
     ss["_view"] = None  # until this run has built a new one
+    own_models.ensure_registered()  # the models configured on the server (once per process)
     deep_link_page = _init_session(page_slugs)
     if "_pending_model" in ss:  # a failed pick of another model falls back here, before the widget exists
         ss["w_model"] = ss.pop("_pending_model")
@@ -566,6 +576,8 @@ def sidebar(page_slugs: Sequence[str]) -> tuple[View | None, str | None]:
         )
         name = ss["w_model"]
         spec = MODELS[name]
+        for problem in own_models.ERRORS:
+            st.warning(f"Your model was not loaded: {problem}")
         if ss.get("_fallback"):
             failed, message = ss["_fallback"]
             st.error(f"{MODELS[failed].title} is not available here (detr_shapes is shown instead): {message}")

@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .config import DETRConfig, SmallBackboneConfig
-from .position_encoding import PositionEmbeddingSine
+from .position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
 
 __all__ = ["ResNetBody", "SmallCNNBody", "Backbone", "Joiner", "build_backbone"]
 
@@ -59,7 +59,7 @@ class Backbone(nn.Module):
 class Joiner(nn.Sequential):
     """`backbone.0` is the CNN, `backbone.1` the position encoding, as in the official checkpoints."""
 
-    def __init__(self, backbone: Backbone, position_embedding: PositionEmbeddingSine):
+    def __init__(self, backbone: Backbone, position_embedding: PositionEmbeddingSine | PositionEmbeddingLearned):
         super().__init__(backbone, position_embedding)
         self.num_channels = backbone.num_channels
         self.stride = backbone.stride
@@ -85,4 +85,8 @@ def build_backbone(cfg: DETRConfig) -> Joiner:
         backbone = Backbone(SmallCNNBody(small), num_channels=small.channels[-1], stride=stride)
     else:
         raise ValueError(f"unknown backbone {cfg.backbone!r}: use 'resnet50', 'resnet101' or 'small'")
+    if cfg.position_embedding == "learned":
+        return Joiner(backbone, PositionEmbeddingLearned(cfg.hidden_dim // 2))
+    if cfg.position_embedding != "sine":
+        raise ValueError(f"unknown position embedding {cfg.position_embedding!r}: use 'sine' or 'learned'")
     return Joiner(backbone, PositionEmbeddingSine(cfg.hidden_dim // 2, temperature=cfg.pos_temperature))

@@ -36,6 +36,8 @@ class DETRConfig:
     num_queries: int = 100  # Q, the object queries
     num_classes: int = 91  # the class head has num_classes + 1 outputs (the last is "no object")
     pos_temperature: float = 10000.0  # sine position encoding
+    position_embedding: str = "sine"  # "sine" (normalized, no parameters) or "learned" (50 rows x 50 columns)
+    pre_norm: bool = False  # the official transformer's normalize_before: LayerNorm before each sublayer
 
 
 @dataclass(frozen=True)

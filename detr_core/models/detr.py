@@ -75,6 +75,12 @@ class DETR(nn.Module):
 def build_detr(cfg: DETRConfig) -> DETR:
     """A DETR with random weights for `cfg` (no download)."""
     transformer = Transformer(
-        cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward, cfg.dropout
+        cfg.hidden_dim,
+        cfg.nheads,
+        cfg.enc_layers,
+        cfg.dec_layers,
+        cfg.dim_feedforward,
+        cfg.dropout,
+        normalize_before=cfg.pre_norm,
     )
     return DETR(build_backbone(cfg), transformer, cfg.num_classes, cfg.num_queries)

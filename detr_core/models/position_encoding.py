@@ -11,7 +11,9 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["PositionEmbeddingSine"]
+from ..errors import InputSizeError
+
+__all__ = ["PositionEmbeddingLearned", "PositionEmbeddingSine"]
 
 
 class PositionEmbeddingSine(nn.Module):
@@ -44,3 +46,29 @@ class PositionEmbeddingSine(nn.Module):
         pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
         pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
         return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)  # [B, 2F, h, w]
+
+
+class PositionEmbeddingLearned(nn.Module):
+    """The official `PositionEmbeddingLearned`: one learned vector per row and per column, at most
+    `max_cells` of each (parameters `row_embed`, `col_embed`, [max_cells, num_pos_feats])."""
+
+    def __init__(self, num_pos_feats: int = 128, max_cells: int = 50):
+        super().__init__()
+        self.row_embed = nn.Embedding(max_cells, num_pos_feats)
+        self.col_embed = nn.Embedding(max_cells, num_pos_feats)
+        nn.init.uniform_(self.row_embed.weight)
+        nn.init.uniform_(self.col_embed.weight)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """features [B, C, h, w] (only its shape is used) -> [B, 2 * num_pos_feats, h, w] (columns first, then rows)."""
+        B, _, h, w = features.shape
+        cells = self.row_embed.num_embeddings
+        if h > cells or w > cells:
+            raise InputSizeError(
+                f"this model's learned position embedding covers at most {cells}x{cells} feature cells; "
+                f"this input gives {h}x{w}. Use a smaller image size (shorter/longer side in the preprocessing)."
+            )
+        x_emb = self.col_embed(torch.arange(w, device=features.device))  # [w, F]
+        y_emb = self.row_embed(torch.arange(h, device=features.device))  # [h, F]
+        pos = torch.cat([x_emb.unsqueeze(0).expand(h, w, -1), y_emb.unsqueeze(1).expand(h, w, -1)], dim=-1)
+        return pos.permute(2, 0, 1).unsqueeze(0).expand(B, -1, -1, -1)  # [B, 2F, h, w]

@@ -1,5 +1,7 @@
 """DETR's transformer: a post-norm encoder-decoder where position encodings are added to the
-queries and keys of every attention (never to the values).
+queries and keys of every attention (never to the values). With `normalize_before` (the official
+`pre_norm` option, e.g. Table Transformer) each sublayer normalizes its input instead, and the
+encoder ends with a norm (`encoder.norm`), as in the official code.
 
 Token layout follows the official code: sequence first, [HW, B, C] for the image tokens (the
 feature map flattened row by row, token = row * w + col) and [Q, B, C] for the object queries.
@@ -120,8 +122,9 @@ def _with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
 
 
 class TransformerEncoderLayer(nn.Module):
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float, normalize_before: bool = False):
         super().__init__()
+        self.normalize_before = normalize_before  # pre-norm (the official normalize_before) or post-norm
         self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
@@ -133,6 +136,14 @@ class TransformerEncoderLayer(nn.Module):
 
     def forward(self, src: Tensor, pos: Tensor | None, key_padding_mask: Tensor | None = None) -> Tensor:
         """src, pos [HW, B, C]; key_padding_mask [B, HW] -> [HW, B, C]."""
+        if self.normalize_before:  # the official forward_pre
+            src2 = self.norm1(src)
+            q = k = _with_pos(src2, pos)
+            src = src + self.dropout1(
+                self.self_attn(q, k, src2, key_padding_mask=key_padding_mask, need_weights=False)[0]
+            )
+            src2 = self.norm2(src)
+            return src + self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(src2)))))
         q = k = _with_pos(src, pos)
         attended = self.self_attn(q, k, src, key_padding_mask=key_padding_mask, need_weights=False)[0]
         src = self.norm1(src + self.dropout1(attended))
@@ -141,8 +152,9 @@ class TransformerEncoderLayer(nn.Module):
 
 
 class TransformerDecoderLayer(nn.Module):
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float, normalize_before: bool = False):
         super().__init__()
+        self.normalize_before = normalize_before
         self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
         self.multihead_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
@@ -164,6 +176,21 @@ class TransformerDecoderLayer(nn.Module):
         memory_key_padding_mask: Tensor | None = None,
     ) -> Tensor:
         """tgt, query_pos [Q, B, C]; memory, pos [HW, B, C] -> [Q, B, C]."""
+        if self.normalize_before:  # the official forward_pre
+            tgt2 = self.norm1(tgt)
+            q = k = _with_pos(tgt2, query_pos)
+            tgt = tgt + self.dropout1(self.self_attn(q, k, tgt2, need_weights=False)[0])
+            tgt2 = self.norm2(tgt)
+            attended = self.multihead_attn(
+                _with_pos(tgt2, query_pos),
+                _with_pos(memory, pos),
+                memory,
+                key_padding_mask=memory_key_padding_mask,
+                need_weights=False,
+            )[0]
+            tgt = tgt + self.dropout2(attended)
+            tgt2 = self.norm3(tgt)
+            return tgt + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(tgt2)))))
         q = k = _with_pos(tgt, query_pos)
         attended = self.self_attn(q, k, tgt, need_weights=False)[0]  # queries look at each other
         tgt = self.norm1(tgt + self.dropout1(attended))
@@ -180,14 +207,15 @@ class TransformerDecoderLayer(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    def __init__(self, layers: list[TransformerEncoderLayer]):
+    def __init__(self, layers: list[TransformerEncoderLayer], norm: nn.LayerNorm | None = None):
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self.norm = norm  # pre-norm only (the official encoder_norm)
 
     def forward(self, src: Tensor, pos: Tensor | None, key_padding_mask: Tensor | None = None) -> Tensor:
         for layer in self.layers:
             src = layer(src, pos, key_padding_mask)
-        return src  # post-norm: no final norm in the encoder
+        return src if self.norm is None else self.norm(src)  # post-norm: no final norm in the encoder
 
 
 class TransformerDecoder(nn.Module):
@@ -221,15 +249,18 @@ class Transformer(nn.Module):
         num_decoder_layers: int = 6,
         dim_feedforward: int = 2048,
         dropout: float = 0.1,
+        normalize_before: bool = False,
     ):
         super().__init__()
         self.d_model = d_model
         self.nhead = nhead
+        pre = normalize_before
         self.encoder = TransformerEncoder(
-            [TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout) for _ in range(num_encoder_layers)]
+            [TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, pre) for _ in range(num_encoder_layers)],
+            nn.LayerNorm(d_model) if pre else None,
         )
         self.decoder = TransformerDecoder(
-            [TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout) for _ in range(num_decoder_layers)],
+            [TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, pre) for _ in range(num_decoder_layers)],
             d_model,
         )
         for p in self.parameters():
