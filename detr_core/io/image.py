@@ -11,19 +11,27 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
+import stat
+import struct
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
+from .decode_budget import run_budgeted
 
 __all__ = ["Geometry", "PreparedImage", "load_image", "preprocess", "resized_size", "MAX_PIXELS"]
 
 MAX_PIXELS = 40_000_000  # larger images are refused before they are decoded (decompression bombs)
+MAX_FILE_BYTES = 100 * 2**20  # files are read only up to this size (and only regular files)
+MAX_JPEG_SCANS = 100  # libjpeg writes at most ~10 for a progressive file; thousands are a "scan bomb"
+MAX_JPEG_FILL_BYTES = 64 * 2**10  # 0xFF fill bytes between markers (legal, but megabytes cost minutes)
+MAX_PNG_CHUNKS = 20_000  # IDATs included; 2 million unknown ancillary chunks cost half a minute
+MAX_PNG_ANCILLARY = 1_000
 # The only decoders untrusted bytes reach (PIL's JPEG opener also returns the MPO files many phones
 # write). PIL would otherwise try every plugin it has, EPS included, which it reads by running
 # Ghostscript on the file.
@@ -93,10 +101,7 @@ def _open(source: bytes | str | os.PathLike | Image.Image) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, (str, os.PathLike)):
-        try:
-            source = Path(source).read_bytes()
-        except OSError as e:
-            raise ImageError(f"cannot read {source}: {e.strerror or e}") from None
+        source = read_file(source)
     if not isinstance(source, (bytes, bytearray, memoryview)):
         raise ImageError(f"expected image bytes, a path or a PIL image, got {type(source).__name__}")
     if len(source) == 0:
@@ -111,6 +116,72 @@ def _open(source: bytes | str | os.PathLike | Image.Image) -> Image.Image:
         raise ImageError(f"the image is too large: at most {MAX_PIXELS // 1_000_000} megapixels") from None
     except Exception as e:  # PIL raises many types on malformed headers
         raise ImageError(f"the image header is corrupt ({type(e).__name__}: {e})") from None
+
+
+def read_file(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; `ImageError` for anything else.
+
+    Opened without blocking (a FIFO with no writer would hang a plain open), checked to be a
+    regular file (not /dev/zero, a folder or a socket) and its size checked before reading.
+    """
+    name = os.fsdecode(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise ImageError(f"cannot read {name!r}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"{name!r} is not a regular file")
+        if st.st_size > limit:
+            raise ImageError(f"{name!r} is {st.st_size / 2**20:.1f} MB; at most {limit // 2**20} MB are read")
+        with os.fdopen(fd, "rb", closefd=True) as f:
+            fd = -1
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise ImageError(f"cannot read {name!r}: {e.strerror or e}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(data) > limit:
+        raise ImageError(f"{name!r} is larger than {limit // 2**20} MB, the limit")
+    return data
+
+
+_FILL_RUN = re.compile(rb"\xff{1025,}")
+
+
+def refuse_costly(data: bytes) -> None:
+    """Refuse, before decoding, files whose structure alone shows they would cost minutes.
+
+    JPEG: the count of scans (SOS markers; entropy-coded data stuffs 0xFF as 0xFF00, so 0xFFDA is
+    always a marker) and of 0xFF fill bytes. PNG: the count of chunks and of ancillary chunks.
+    """
+    if data[:2] == b"\xff\xd8":
+        scans = data.count(b"\xff\xda")
+        if scans > MAX_JPEG_SCANS:
+            raise ImageError(f"this JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are accepted (a 'scan bomb')")
+        fill = data.count(b"\xff\xff")
+        if fill > MAX_JPEG_FILL_BYTES or _FILL_RUN.search(data):
+            raise ImageError(
+                f"this JPEG has {fill} bytes of 0xFF padding between markers; "
+                f"at most {MAX_JPEG_FILL_BYTES} are accepted"
+            )
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        pos, chunks, ancillary = 8, 0, 0
+        end = len(data)
+        while pos + 8 <= end:
+            length, kind = struct.unpack_from(">I4s", data, pos)
+            chunks += 1
+            if kind[0] & 0x20 and kind not in (b"tEXt", b"zTXt", b"iTXt"):  # lowercase first letter
+                ancillary += 1
+            if chunks > MAX_PNG_CHUNKS or ancillary > MAX_PNG_ANCILLARY:
+                what = "chunks" if chunks > MAX_PNG_CHUNKS else "ancillary chunks"
+                limit = MAX_PNG_CHUNKS if chunks > MAX_PNG_CHUNKS else MAX_PNG_ANCILLARY
+                raise ImageError(f"this PNG has more than {limit} {what}, the limit")
+            if kind == b"IEND":
+                break
+            pos += 12 + length
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -134,16 +205,38 @@ def load_image(source: bytes | str | os.PathLike | Image.Image) -> Image.Image:
     """Untrusted bytes (or a path, or a PIL image) -> an RGB image, upright as the camera saw it.
 
     Raises `ImageError` for empty files, non-images, truncated or corrupt data, and images of more
-    than `MAX_PIXELS` pixels (checked from the header, before decoding).
+    than `MAX_PIXELS` pixels (checked from the header, before decoding). Bytes and files are decoded
+    under the budget of `decode_budget` (a worker process with CPU, memory and time limits), after
+    `refuse_costly` has looked at their structure; a PIL image is converted in this process.
     """
-    img = _open(source)
+    if isinstance(source, Image.Image):
+        return _decode_opened(source)
+    if isinstance(source, (str, os.PathLike)):
+        source = read_file(source)
+    if not isinstance(source, (bytes, bytearray, memoryview)):
+        raise ImageError(f"expected image bytes, a path or a PIL image, got {type(source).__name__}")
+    if len(source) == 0:
+        raise ImageError("the file is empty (0 bytes)")
+    data = bytes(source)
+    refuse_costly(data)
+    (w, h), pixels = run_budgeted(decode_rgb, data)
+    return Image.frombuffer("RGB", (w, h), pixels, "raw", "RGB", 0, 1)
+
+
+def decode_rgb(data: bytes) -> tuple[tuple[int, int], bytes]:
+    """Bytes -> ((w, h), RGB bytes): the decode `load_image` runs in a budgeted worker."""
+    img = _decode_opened(_open(data))
+    return img.size, img.tobytes()
+
+
+def _decode_opened(img: Image.Image) -> Image.Image:
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ImageError(f"the image has no pixels ({w}x{h})")
     if w * h > MAX_PIXELS:
         raise ImageError(
-            f"the image is too large: {w}x{h} is {w * h / 1e6:.0f} megapixels, "
-            f"at most {MAX_PIXELS // 1_000_000} are accepted"
+            f"the image is too large: {w}x{h} is {w * h / 1e6:.1f} megapixels, "
+            f"at most {MAX_PIXELS / 1e6:.0f} are accepted"
         )
     try:
         img.seek(0)  # animated images: the first frame
@@ -151,6 +244,8 @@ def load_image(source: bytes | str | os.PathLike | Image.Image) -> Image.Image:
         img = ImageOps.exif_transpose(img)
         return _to_rgb(img)
     except ImageError:
+        raise
+    except MemoryError:
         raise
     except Exception as e:  # truncated/corrupt data surfaces as OSError, SyntaxError, ValueError, ...
         raise ImageError(f"the image data is truncated or corrupt ({type(e).__name__}: {e})") from None
