@@ -34,7 +34,23 @@ BUDGET_S = decode_budget.WALL_SECONDS + 3.0
 
 @pytest.fixture(scope="module", autouse=True)
 def _started_pool():
-    decode_budget.warm_up()  # the one-off start (the forkserver imports the library) is not a decode
+    # This module tests the budgeted decode, which is opt-in ($DETR_DECODE_BUDGET=1, see io/image.py).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(image_module.DECODE_BUDGET_ENV, "1")
+        decode_budget.warm_up()  # the one-off start (the forkserver imports the library) is not a decode
+        yield
+
+
+def test_without_the_setting_bytes_are_decoded_in_process(monkeypatch):
+    monkeypatch.delenv(image_module.DECODE_BUDGET_ENV)
+
+    def no_worker(*args, **kwargs):
+        raise AssertionError("the worker pool was used although the budget is off")
+
+    monkeypatch.setattr(image_module, "run_budgeted", no_worker)
+    assert load_image(png(4, 3)).size == (4, 3)
+    with pytest.raises(ImageError, match="scans"):  # the structure checks are always on
+        load_image(scan_bomb())
 
 
 # ---- generators ---------------------------------------------------------------------------------
