@@ -79,8 +79,8 @@ def render() -> None:
     map_head = "mean" if head == GRID else head
 
     st.markdown(
-        f"Feature map shape: `{facts['feature_shape']}` · tokens: {facts['h']} x {facts['w']} = "
-        f"{facts['tokens']} · self-attention reshaped: `{facts['view_shape']}` · stride: {facts['stride']} px"
+        f"Feature map shape: `{list(facts.feature_shape)}` · tokens: {facts.h} x {facts.w} = "
+        f"{facts.tokens} · self-attention reshaped: `{list(facts.view_shape)}` · stride: {facts.stride} px"
     )
 
     points = _points(view)

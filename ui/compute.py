@@ -62,19 +62,24 @@ def encoder_result(analysis: Analysis, x: float, y: float, layer: str, head: str
     return EncoderResult(em.map.numpy(), em.row, em.col, em.token, x, y)
 
 
-def encoder_facts(analysis: Analysis) -> dict:
-    """The shape facts the official notebook prints, from the analysis."""
+@dataclass(frozen=True)
+class EncoderFacts:
+    """The shape facts the official notebook prints about the encoder's self-attention."""
+
+    feature_shape: tuple[int, ...]  # backbone output [1, C, h, w]
+    h: int
+    w: int
+    tokens: int  # h * w
+    view_shape: tuple[int, int, int, int]  # the [h, w, h, w] reshape of one layer's [HW, HW] map
+    stride: int
+
+
+def encoder_facts(analysis: Analysis) -> EncoderFacts:
+    """The notebook's shape facts, from the analysis."""
     g = analysis.geometry
-    return {
-        "feature_shape": list(analysis.feature_shape),
-        "h": g.feat_h,
-        "w": g.feat_w,
-        "tokens": g.tokens,
-        "view_shape": [g.feat_h, g.feat_w, g.feat_h, g.feat_w],
-        "stride": g.stride,
-        "input": (g.input_w, g.input_h),
-        "original": (g.orig_w, g.orig_h),
-    }
+    return EncoderFacts(
+        tuple(analysis.feature_shape), g.feat_h, g.feat_w, g.tokens, (g.feat_h, g.feat_w, g.feat_h, g.feat_w), g.stride
+    )
 
 
 def reference_points(geometry: Geometry, min_size: int) -> list[tuple[float, float]]:
