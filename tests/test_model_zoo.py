@@ -228,4 +228,7 @@ def test_the_readme_example_runs(repo_root, weights_env, monkeypatch, capsys):
     section = readme[readme.index("## Use the library") :]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     exec(compile(code, "README.md", "exec"), {})
-    assert re.search(r"^\d+ detections above 0\.7$", capsys.readouterr().out, re.M)
+    printed = capsys.readouterr().out
+    assert re.search(r"^\d+ detections above 0\.7$", printed, re.M)
+    # coffee.png at detr_shapes' 128 px: an 8 x 12 grid of feature cells (stride 16, 128 x 192 input)
+    assert "torch.Size([8, 12]) feature cells; clicked cell" in printed

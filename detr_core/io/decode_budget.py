@@ -10,11 +10,14 @@ is retired afterwards, so the memory its decoder grew leaves with it.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
 import resource
+import sys
 import threading
+import types
 from collections.abc import Callable
 from multiprocessing import shared_memory
 
@@ -78,11 +81,34 @@ def _serve(conn, memory_bytes: int) -> None:  # runs in the worker
         conn.recv()  # the parent has copied it out (and unlinked it)
 
 
+_start_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _no_main_module():
+    """Hide the parent's `__main__` while a worker (and the forkserver) starts.
+
+    multiprocessing re-imports the parent's main module in the child by its file. Under a Streamlit
+    server or its AppTest, `__main__` can be the app script, whose import would run the app in the
+    worker (seen: the worker died at start, "connection reset"). The worker needs only this module,
+    which it imports by name when it unpickles `_serve`.
+    """
+    with _start_lock:
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
+
+
 class _Worker:
     def __init__(self) -> None:
         self.conn, child = _ctx.Pipe()
         self.proc = _ctx.Process(target=_serve, args=(child, MEMORY_BYTES), daemon=True, name="detr-decode")
-        self.proc.start()
+        with _no_main_module():
+            self.proc.start()
         child.close()
         self.jobs = 0
 
