@@ -101,19 +101,25 @@ class PreparedImage:
     geometry: Geometry
 
 
-def _open(source: bytes | str | os.PathLike | Image.Image) -> Image.Image:
-    if isinstance(source, Image.Image):
-        return source
+def _bytes_of(source: bytes | str | os.PathLike) -> bytes:
+    """The bytes of a path (a bounded regular file) or of a bytes-like object; `ImageError` if none."""
     if isinstance(source, (str, os.PathLike)):
         source = read_file(source)
     if not isinstance(source, (bytes, bytearray, memoryview)):
         raise ImageError(f"expected image bytes, a path or a PIL image, got {type(source).__name__}")
     if len(source) == 0:
         raise ImageError("the file is empty (0 bytes)")
+    return bytes(source)
+
+
+def _open(source: bytes | str | os.PathLike | Image.Image) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    source = _bytes_of(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(bytes(source)), formats=ACCEPTED_FORMATS)
+            return Image.open(io.BytesIO(source), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
         raise ImageError("this file is not an image we can read (JPEG, PNG, WebP, GIF, BMP or TIFF)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -216,13 +222,7 @@ def load_image(source: bytes | str | os.PathLike | Image.Image) -> Image.Image:
     """
     if isinstance(source, Image.Image):
         return _decode_opened(source)
-    if isinstance(source, (str, os.PathLike)):
-        source = read_file(source)
-    if not isinstance(source, (bytes, bytearray, memoryview)):
-        raise ImageError(f"expected image bytes, a path or a PIL image, got {type(source).__name__}")
-    if len(source) == 0:
-        raise ImageError("the file is empty (0 bytes)")
-    data = bytes(source)
+    data = _bytes_of(source)
     refuse_costly(data)
     if os.environ.get(DECODE_BUDGET_ENV) != "1":
         return _decode_opened(_open(data))
