@@ -25,7 +25,7 @@ from .config import DETRConfig
 from .detr import build_detr
 from .hf_convert import is_hf_folder, read_hf_checkpoint
 from .weights import CheckpointInfo, check_state_dict
-from .zoo import ModelSpec, default_device
+from .zoo import ModelSpec, resolve_device
 
 __all__ = ["OwnCheckpoint", "OwnModel", "detect_format", "load_own_model", "read_own_checkpoint"]
 
@@ -134,12 +134,13 @@ def load_own_model(
     device: str | torch.device | None = None,
 ) -> OwnModel:
     """A user's DETR, loaded strictly, in eval mode, frozen, on `device`, with its `ModelSpec`."""
+    device = resolve_device(device)
     own = read_own_checkpoint(checkpoint, classes, dilation=dilation, nheads=nheads)
     model = build_detr(own.config)
     check_state_dict(model, own.state_dict, source=f"{own.path.name} ({own.format} format)")
     model.load_state_dict(own.state_dict, strict=True)
     model.requires_grad_(False)
-    model = model.eval().to(device or default_device())
+    model = model.eval().to(device)
     name = name or own.path.stem
     size_mb = sum(v.numel() * 4 for v in own.state_dict.values()) / 2**20
     notes = [f"{own.format} checkpoint {own.path.name}", f"class names: {own.class_source}", *own.notes]

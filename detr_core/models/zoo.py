@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DETRError
 from ..io.postprocess import COCO_CLASSES
 from .config import DETRConfig, DETRDemoConfig, SmallBackboneConfig
 from .contract import ContractError, check_architecture, check_model
@@ -25,7 +25,7 @@ from .weights import CheckpointInfo, check_state_dict, checkpoint_status, read_s
 
 __all__ = [
     "MODELS", "ModelSpec", "SHAPES_CLASSES", "SHAPES_MODEL", "build_model", "default_device", "get_spec",
-    "load_model", "model_status", "register",
+    "load_model", "model_status", "register", "resolve_device",
 ]  # fmt: skip
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/detr/"
@@ -148,6 +148,33 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """`device` (None: `default_device()`) if a model can run on it here; `DETRError` saying why not.
+
+    Accepted: "cpu", "cuda" and "cuda:N" when that GPU exists, "mps" when available. Refused with a
+    message: names torch does not know ("banana"), CUDA without a GPU or with an index past the
+    last GPU, and devices that hold no data or cannot run the model ("meta", ...).
+    """
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise DETRError(f"{str(device)!r} is not a device: use 'cpu' or 'cuda' ('cuda:N' for the N-th GPU)") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DETRError(f"{str(device)!r}: no CUDA GPU is available on this machine; use 'cpu'")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DETRError(f"{str(device)!r}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+        return dev
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return dev
+    raise DETRError(f"{str(device)!r} cannot run the analysis here: use 'cpu' or 'cuda'")
+
+
 def load_model(
     name: str,
     checkpoint: str | Path | None = None,
@@ -160,13 +187,14 @@ def load_model(
     the torch hub cache, the bundled folder, then a verified download reporting to `progress`).
     """
     spec = get_spec(name)
+    device = resolve_device(device)
     path = resolve_checkpoint(spec.checkpoint, path=checkpoint, progress=progress)
     state_dict = read_state_dict(path, spec.checkpoint)
     model = build_model(name)
     check_state_dict(model, state_dict, source=f"{path.name} (checkpoint for {name})")
     model.load_state_dict(state_dict, strict=True)
     model.requires_grad_(False)
-    return model.eval().to(device or default_device())
+    return model.eval().to(device)
 
 
 def model_status(model: ModelSpec | str) -> str:
