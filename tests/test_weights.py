@@ -398,3 +398,87 @@ def test_check_state_dict_lists_the_first_few_names_of_a_long_list():
                        r"\(11 more\)$"):  # fmt: skip
         check_state_dict(model, {})
 
+
+
+# --------------------------------------------------------------------------------------------
+# what a checkpoint path is, said as it is (not "not found", not "could run code", not KeyError)
+
+
+def _not_files(tmp_path: Path) -> list[tuple[str, Path, str]]:
+    """(label, path, the message it must give) for paths that are not checkpoint files."""
+    fifo = tmp_path / "pipe.pth"
+    os.mkfifo(fifo)  # no writer: opening it would wait forever
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "weights.pth").write_bytes(b"")
+    png = tmp_path / "photo.pth"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(png, "PNG")
+    text = tmp_path / "notes.pth"
+    text.write_text("every detection is a box\nand a class\n")
+    html = tmp_path / "download.pth"
+    html.write_text("<!DOCTYPE html><html><body>Sign in</body></html>")
+    lfs = tmp_path / "lfs.pth"
+    lfs.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 166\n")
+    return [
+        ("/dev/zero", Path("/dev/zero"), r"/dev/zero is a device, not a file"),
+        ("FIFO", fifo, r"pipe\.pth is a FIFO \(named pipe\), not a file"),
+        ("PNG", png, r"photo\.pth: it is not a PyTorch checkpoint \(it looks like a PNG image\)"),
+        ("text", text, r"notes\.pth: it is not a PyTorch checkpoint \(it looks like a text file\)"),
+        ("HTML", html, r"it looks like an HTML page"),
+        ("LFS pointer", lfs, r"it looks like a Git LFS pointer"),
+        ("folder", folder, r"folder is a folder"),
+    ]
+
+
+def test_read_state_dict_says_what_a_path_is_instead_of_reading_it(tmp_path):
+    for label, path, message in _not_files(tmp_path):
+        with pytest.raises(CheckpointError, match=message) as info:
+            if label == "folder":
+                resolve_checkpoint(CheckpointInfo("x.pth", None, 0), path=path)
+            else:
+                read_state_dict(path, CheckpointInfo(path.name, None, 0))
+        text = str(info.value)
+        assert "not found" not in text and "could run code" not in text and "KeyError" not in text, label
+
+
+def test_an_explicit_checkpoint_that_is_a_device_or_a_fifo_is_not_called_missing(tmp_path):
+    for _label, path, message in _not_files(tmp_path)[:2]:
+        with pytest.raises(CheckpointError, match=message):
+            resolve_checkpoint(CheckpointInfo("x.pth", None, 0), path=path)
+
+
+def test_your_own_model_loader_says_what_a_path_is(tmp_path):
+    from detr_core import load_own_model
+
+    for label, path, message in _not_files(tmp_path):
+        if label == "folder":
+            message = r"folder is a folder without a config\.json"
+        with pytest.raises(CheckpointError, match=message) as info:
+            load_own_model(path, device="cpu")
+        assert "not found" not in str(info.value) and "could run code" not in str(info.value), label
+
+
+def test_the_cli_refuses_a_checkpoint_that_is_a_device_with_one_line(tmp_path, capsys):
+    from detr_core.cli import main
+
+    assert main(["x.png", "--checkpoint", "/dev/zero", "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: the checkpoint /dev/zero is a device, not a file\n"
+
+
+@pytest.mark.parametrize(
+    "content", [[1, 2], {"model": {"w": torch.zeros(1), "step": 3}}, {3: torch.zeros(1)}, {"w": "x"}]
+)
+def test_the_zoo_and_your_own_model_check_a_state_dict_with_one_helper(tmp_path, content):
+    """weights.read_state_dict and checkpoint_formats.detection_state_dict give the same message."""
+    from detr_core.models.checkpoint_formats import detection_state_dict
+
+    path = tmp_path / "x.pth"
+    torch.save(content, path)
+    with pytest.raises(CheckpointError) as zoo:
+        read_state_dict(path, CheckpointInfo("x.pth", None, 0))
+    with pytest.raises(CheckpointError) as own:
+        detection_state_dict(torch.load(path, weights_only=True), "x.pth")
+    assert str(zoo.value) == str(own.value)

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..errors import CheckpointError
 from .config import DETRConfig
+from .weights import check_torch_file, tensor_dict
 
 __all__ = [
     "OfficialCheckpoint",
@@ -62,6 +63,7 @@ def safe_torch_load(path: Path, allow_namespace: bool = True) -> Any:
         CheckpointError: damaged or truncated file, or a pickle that asks for other objects.
     """
     allowed = [argparse.Namespace] if allow_namespace else []
+    check_torch_file(path)
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -105,17 +107,7 @@ def detection_state_dict(obj: Any, source: str) -> tuple[dict[str, Tensor], list
     ``detr.`` prefixes (a segm checkpoint's mask head is dropped, and said so).
     """
     notes: list[str] = []
-    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{source} is not a checkpoint: it holds a {type(obj).__name__}, not a state dict")
-    state: dict[str, Tensor] = {}
-    for key, value in obj.items():
-        if not isinstance(key, str):
-            raise CheckpointError(f"{source} is not a state dict: its key {key!r} is not a parameter name")
-        if not isinstance(value, Tensor):
-            raise CheckpointError(f"{source} is not a state dict of tensors: entry {key!r} is a {type(value).__name__}")
-        state[key.removeprefix("module.")] = value
+    state = {key.removeprefix("module."): value for key, value in tensor_dict(obj, source, "model").items()}
     if any(k.startswith("detr.") for k in state):
         mask_keys = [k for k in state if not k.startswith("detr.")]
         state = {k.removeprefix("detr."): v for k, v in state.items() if k.startswith("detr.")}

@@ -24,7 +24,7 @@ from .checkpoint_formats import config_from_state_dict, detection_state_dict, re
 from .config import DETRConfig
 from .detr import build_detr
 from .hf_convert import is_hf_folder, read_hf_checkpoint
-from .weights import CheckpointInfo, check_state_dict
+from .weights import CheckpointInfo, check_checkpoint_path, check_state_dict
 from .zoo import ModelSpec, resolve_device
 
 __all__ = ["OwnCheckpoint", "OwnModel", "detect_format", "load_own_model", "read_own_checkpoint"]
@@ -55,8 +55,7 @@ class OwnModel:
 
 
 def detect_format(path: Path) -> Format:
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    check_checkpoint_path(path, folder_ok=True)  # not found / a device / a FIFO / ...: said as it is
     if is_hf_folder(path):
         return "huggingface"
     if path.is_dir():

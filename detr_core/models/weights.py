@@ -29,6 +29,7 @@ import http.client
 import os
 import pickle
 import re
+import stat
 import tempfile
 import threading
 import urllib.error
@@ -52,6 +53,8 @@ except ImportError:  # pragma: no cover - Windows: threads are still serialized
 __all__ = [
     "BUNDLED_DIR",
     "CheckpointInfo",
+    "check_checkpoint_path",
+    "check_torch_file",
     "DOWNLOAD_TIMEOUT_S",
     "WEIGHTS_DIR_ENV",
     "check_state_dict",
@@ -62,6 +65,7 @@ __all__ = [
     "local_checkpoint",
     "read_state_dict",
     "resolve_checkpoint",
+    "tensor_dict",
     "verify_checkpoint",
 ]
 
@@ -154,8 +158,7 @@ def resolve_checkpoint(
     """
     if path is not None:
         explicit = Path(path).expanduser()
-        if not explicit.is_file():
-            raise CheckpointError(f"checkpoint file not found: {explicit}")
+        check_checkpoint_path(explicit)
         if explicit.name == info.filename:
             verify_checkpoint(explicit, info)
         return explicit
@@ -298,6 +301,132 @@ def _refused_global(error: Exception) -> str:
     return f" (it asks for {match.group(1)})" if match else ""
 
 
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def check_checkpoint_path(path: Path, folder_ok: bool = False) -> None:
+    """Raise `CheckpointError` saying what `path` is unless it is a regular file (or, with
+    `folder_ok`, a folder): missing, unreadable, a folder, a device, a FIFO, a socket.
+
+    Nothing is opened, so a FIFO with no writer or /dev/zero cannot hang or flood the reader.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file not found: {path}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read the checkpoint {path}: {e.strerror or e}") from None
+    if stat.S_ISREG(mode) or (folder_ok and stat.S_ISDIR(mode)):
+        return
+    if stat.S_ISDIR(mode):
+        raise CheckpointError(f"the checkpoint {path} is a folder, not a file")
+    raise CheckpointError(f"the checkpoint {path} is {_kind(mode)}, not a file")
+
+
+_MAGIC = (  # what a file that is not a checkpoint starts with, for the error message
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"RIFF", "a RIFF file (WebP image, WAV sound, ...)"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "a gzip archive (unpack it first)"),
+    (b"BZh", "a bzip2 archive (unpack it first)"),
+    (b"\xfd7zXZ\x00", "an xz archive (unpack it first)"),
+    (b"7z\xbc\xaf", "a 7-Zip archive (unpack it first)"),
+    (b"\x89HDF", "an HDF5 file (Keras / TensorFlow weights)"),
+    (b"\x7fELF", "a program (ELF executable)"),
+    (b"version https://git-lfs", "a Git LFS pointer, not the file itself (run `git lfs pull`)"),
+)
+
+
+def _looks_like(head: bytes) -> str | None:
+    """What a file that is not a PyTorch checkpoint seems to be, from its first bytes; None: no idea."""
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100 * 2**20:
+        return "a safetensors file (give it the .safetensors suffix)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        try:
+            text = head[:-3].decode("utf-8")  # the sample may end inside a character
+        except UnicodeDecodeError:
+            return None
+    if text and all(c.isprintable() or c in "\r\n\t\f" for c in text):
+        stripped = text.lstrip().lower()
+        if stripped.startswith(("<!doctype html", "<html")):
+            return "an HTML page (a download that returned a web page?)"
+        if stripped.startswith(("{", "[")):
+            return "a JSON or other text file"
+        return "a text file"
+    return None
+
+
+def check_torch_file(path: Path) -> None:
+    """Raise `CheckpointError` unless `path` is a regular file whose first bytes are those of a
+    file `torch.save` writes (a zip archive, a pickle of protocol 2 or more, or the legacy tar).
+
+    A PNG, a text file, an archive, ... is named for what it looks like, instead of reaching the
+    unpickler (which calls an image "Python objects that could run code" and text `KeyError: 101`).
+    """
+    check_checkpoint_path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        raise CheckpointError(f"cannot read the checkpoint {path.name}: {e.strerror or e}") from None
+    if not head:
+        raise CheckpointError(f"cannot read the checkpoint {path.name}: the file is empty (0 bytes)")
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" or head[257:262] == b"ustar":
+        return
+    what = _looks_like(head)
+    if what is not None:
+        raise CheckpointError(
+            f"cannot read the checkpoint {path.name}: it is not a PyTorch checkpoint (it looks like {what})"
+        )
+    raise CheckpointError(
+        f"cannot read the checkpoint {path.name}: it is damaged, truncated or not a PyTorch checkpoint "
+        f"(it starts with {head[:8]!r}, not the bytes torch.save writes)"
+    )
+
+
+def tensor_dict(obj: object, source: str, wrapper: str = "model") -> dict[str, Tensor]:
+    """The state dict in a loaded checkpoint object: `obj` itself or ``obj[wrapper]``, checked to map
+    parameter names (str) to tensors; `CheckpointError` naming the first entry that does not.
+
+    Tensors are returned as they are (no dtype change, no renaming): the callers do that.
+    """
+    if isinstance(obj, Mapping) and wrapper in obj and not isinstance(obj[wrapper], Tensor):
+        obj = obj[wrapper]  # the official format, {"model": state_dict, ...}
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"{source} is not a state dict: it holds a {type(obj).__name__}, not a checkpoint of named tensors"
+        )
+    state: dict[str, Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{source} is not a state dict: its key {key!r} is not a parameter name")
+        if not isinstance(value, Tensor):
+            raise CheckpointError(
+                f"{source} is not a state dict of tensors: entry {key!r} is of type {type(value).__name__} "
+                f"(a checkpoint holds the weights alone, or under {wrapper!r})"
+            )
+        state[key] = value
+    return state
+
+
 def read_state_dict(path: Path, info: CheckpointInfo) -> dict[str, Tensor]:
     """Read a checkpoint's state dict on the CPU, as float32, without ever running code from it.
 
@@ -311,9 +440,12 @@ def read_state_dict(path: Path, info: CheckpointInfo) -> dict[str, Tensor]:
         CheckpointError: the file cannot be read, would run code, or is not a dict of tensors.
     """
     path = Path(path)
+    check_torch_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):  # "invalid load key", "Unsupported operand": damaged, not dangerous
+            raise CheckpointError(f"cannot read the checkpoint {path.name}: it is damaged or truncated ({e})") from None
         raise CheckpointError(
             f"{path.name} was refused: it holds Python objects other than tensors{_refused_global(e)}, "
             "and loading them could run code. Only plain state dicts are accepted."
@@ -321,23 +453,8 @@ def read_state_dict(path: Path, info: CheckpointInfo) -> dict[str, Tensor]:
     except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, ... on damaged files
         raise CheckpointError(f"cannot read the checkpoint {path.name}: {type(e).__name__}: {e}".strip()) from None
 
-    wrapper = info.state_dict_key or "model"
-    if isinstance(obj, Mapping) and wrapper in obj and not isinstance(obj[wrapper], Tensor):
-        obj = obj[wrapper]  # the official format, {"model": state_dict, ...}
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path.name} is not a state dict: it holds a {type(obj).__name__}")
-
-    state_dict: dict[str, Tensor] = {}
-    for key, value in obj.items():
-        if not isinstance(key, str):
-            raise CheckpointError(f"{path.name} is not a state dict: its key {key!r} is not a parameter name")
-        if not isinstance(value, Tensor):
-            raise CheckpointError(
-                f"{path.name} is not a state dict of tensors: entry {key!r} is of type {type(value).__name__} "
-                f"(a checkpoint holds the weights alone, or under {wrapper!r})"
-            )
-        state_dict[key] = value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
-    return state_dict
+    state_dict = tensor_dict(obj, path.name, info.state_dict_key or "model")
+    return {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in state_dict.items()}
 
 
 def _listed(names: list[str]) -> str:
