@@ -297,3 +297,152 @@ def test_the_real_feature_map_has_the_geometry_s_shape(zoo_model, samples_dir, n
     g = prepared.geometry
     assert features.shape[-2:] == (g.feat_h, g.feat_w)
     assert pos.shape[-2:] == (g.feat_h, g.feat_w)
+
+
+# --------------------------------------------------------------------------------------------
+# pictures that used to come out silently wrong, and messages that used to be unclear
+
+
+def _hostile():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import hostile
+
+    return hostile
+
+
+def test_a_float_tiff_with_nan_and_infinity_keeps_its_picture():
+    ramp = np.linspace(0.0, 1.0, 8 * 6, dtype=np.float32).reshape(6, 8)
+    ramp[0, 0], ramp[0, 1], ramp[0, 2] = np.nan, np.inf, -np.inf
+    out = _pixels(load_image(_hostile().tiff(ramp, photometric=1, sample_format=3)))[..., 0]
+    finite = np.isfinite(ramp)
+    expected = np.rint((ramp - ramp[finite].min()) / np.ptp(ramp[finite]) * 255)
+    assert np.abs(out[finite] - expected[finite]).max() <= 1  # the finite range is stretched, not lost
+    assert out[5, 7] == 255 and out.std() > 60  # not wholly black
+    assert (out[0, 0], out[0, 1], out[0, 2]) == (0, 255, 0)  # NaN: no data (black), +inf white, -inf black
+
+
+def test_a_float_tiff_without_a_finite_value_is_refused_with_the_reason():
+    nothing = np.full((4, 4), np.nan, dtype=np.float32)
+    with pytest.raises(ImageError, match="no finite value"):
+        load_image(_hostile().tiff(nothing, photometric=1, sample_format=3))
+
+
+def _cie_lab_to_srgb(lab: tuple[float, float, float]) -> np.ndarray:
+    """The CIE formulas (D65 white), written here independently of the code under test."""
+    L, a, b = lab
+    fy = (L + 16) / 116
+    fx, fz = fy + a / 500, fy - b / 200
+
+    def finv(t: float) -> float:
+        return t**3 if t > 6 / 29 else 3 * (6 / 29) ** 2 * (t - 4 / 29)
+
+    x, y, z = 0.95047 * finv(fx), 1.0 * finv(fy), 1.08883 * finv(fz)
+    r = 3.2406 * x - 1.5372 * y - 0.4986 * z
+    g = -0.9689 * x + 1.8758 * y + 0.0415 * z
+    bl = 0.0557 * x - 0.2040 * y + 1.0570 * z
+
+    def gamma(c: float) -> float:
+        c = min(max(c, 0.0), 1.0)
+        return 12.92 * c if c <= 0.0031308 else 1.055 * c ** (1 / 2.4) - 0.055
+
+    return np.array([255 * gamma(r), 255 * gamma(g), 255 * gamma(bl)])
+
+
+LABS = [(50, 20, -20), (60, 80, 60), (30, -40, -50), (90, -10, 80), (20, 60, -90), (100, 0, 0)]
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_a_cielab_tiff_gets_its_colours(lab):
+    """A hand-written CIELab TIFF (L* in 0..255 for 0..100, a* and b* signed bytes, as TIFF 6.0 says)."""
+    L, a, b = lab
+    pixels = np.zeros((3, 5, 3), dtype=np.uint8)
+    pixels[..., 0] = round(L * 255 / 100)
+    pixels[..., 1] = np.array(a, dtype=np.int8).view(np.uint8)
+    pixels[..., 2] = np.array(b, dtype=np.int8).view(np.uint8)
+    out = _pixels(load_image(_hostile().tiff(pixels, photometric=8)))
+    expected = _cie_lab_to_srgb((round(L * 255 / 100) * 100 / 255, a, b))
+    assert np.abs(out - expected).max() <= 1.5, (out[0, 0], expected)
+    if lab == (50, 20, -20):
+        assert np.abs(out[0, 0] - (135, 112, 150)).max() <= 5  # the issue's figure, "about"
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_png_with_a_transparent_colour_is_composited_on_white(mode):
+    img = Image.new(mode, (6, 4), (10, 20, 30) if mode == "RGB" else 10)
+    img.paste((200, 100, 0) if mode == "RGB" else 200, (0, 0, 3, 4))  # left half opaque
+    data = _encode(img, "PNG", transparency=(10, 20, 30) if mode == "RGB" else 10)
+    assert "transparency" in Image.open(io.BytesIO(data)).info
+    out = _pixels(load_image(data))
+    assert (out[:, 3:] == 255).all()  # the transparent colour: white, like palette transparency
+    assert (out[:, :3] == ((200, 100, 0) if mode == "RGB" else (200, 200, 200))).all()
+
+
+def _forged_jpeg(width: int, height: int, progressive: bool = False) -> bytes:
+    """A 256x256 JPEG whose frame header is patched to claim width x height."""
+    data = bytearray(_encode(Image.new("RGB", (256, 256), (120, 130, 140)), "JPEG", progressive=progressive))
+    for marker in (b"\xff\xc0", b"\xff\xc2"):
+        at = data.find(marker)
+        if at > 0:
+            struct.pack_into(">HH", data, at + 5, height, width)
+            return bytes(data)
+    raise AssertionError("no frame header")
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_jpeg_whose_header_claims_far_more_pixels_than_its_data_is_refused(progressive):
+    data = _forged_jpeg(8000, 5000, progressive)
+    assert Image.open(io.BytesIO(data)).size == (8000, 5000)  # PIL would "decode" it (as grey garbage)
+    with pytest.raises(ImageError, match="far less data than its header claims: a 8000x5000 JPEG"):
+        load_image(data)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_the_most_compressible_legal_jpegs_still_pass_the_data_check(progressive):
+    """One flat colour, 4:4:4 and 4:2:0, optimized Huffman tables: the least data a JPEG needs."""
+    for subsampling in (0, 2):
+        flat = _encode(Image.new("RGB", (4000, 3000), (255, 255, 255)), "JPEG", quality=50, optimize=True,
+                       progressive=progressive, subsampling=subsampling)  # fmt: skip
+        assert load_image(flat).size == (4000, 3000)
+    gray = _encode(Image.new("L", (4000, 3000), 0), "JPEG", optimize=True, progressive=progressive)
+    assert load_image(gray).size == (4000, 3000)
+
+
+def test_the_pixel_limit_message_shows_exact_counts():
+    with pytest.raises(ImageError, match=r"40001x1000 is 40,001,000 pixels, at most 40,000,000 \(40 megapixels\)"):
+        load_image(_encode(Image.new("L", (40001, 1000)), "PNG", compress_level=1))
+
+
+def _with_chunk(png: bytes, kind: bytes, body: bytes) -> bytes:
+    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return png[:33] + chunk + png[33:]  # after the signature and IHDR
+
+
+@pytest.mark.parametrize("kind", ["zTXt", "iTXt", "iCCP", "tEXt"])
+def test_a_valid_png_with_a_large_text_or_icc_chunk_decodes(kind):
+    img = Image.new("RGB", (40, 30), (10, 160, 90))
+    png = _encode(img, "PNG")
+    text = np.random.default_rng(0).integers(32, 127, 3 << 20, dtype=np.uint8).tobytes()  # 3 MB, 2.5 compressed
+    body = {
+        "zTXt": b"Comment\0\0" + zlib.compress(text),
+        "iTXt": b"Comment\0\1\0\0\0" + zlib.compress(text),
+        "iCCP": b"big profile\0\0" + zlib.compress(text),
+        "tEXt": b"Comment\0" + text,
+    }[kind]
+    out = load_image(_with_chunk(png, kind.encode(), body))
+    assert (_pixels(out) == (10, 160, 90)).all()
+
+
+@pytest.mark.parametrize(
+    ("pixels", "extra", "fmt", "message"),
+    [
+        (np.linspace(0, 1, 12).reshape(3, 4), (), 3, r"1 sample of 64-bit floating point per pixel \(grayscale\)"),
+        (np.full((3, 4, 2), 30000, np.uint16), (2,), 1,
+         r"2 samples of 16-bit unsigned integer per pixel \(grayscale with alpha\)"),
+    ],
+)  # fmt: skip
+def test_a_tiff_in_an_unsupported_pixel_format_is_named(pixels, extra, fmt, message):
+    with pytest.raises(ImageError, match=r"this TIFF's pixel format is not supported: " + message):
+        load_image(_hostile().tiff(pixels, photometric=1, sample_format=fmt, extra_samples=extra))

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
 from ..errors import ImageError
 from .decode_budget import run_budgeted
 
-__all__ = ["Geometry", "PreparedImage", "load_image", "preprocess", "resized_size", "MAX_PIXELS"]
+__all__ = [
+    "Geometry", "PreparedImage", "load_image", "preprocess", "resized_size", "without_png_metadata", "MAX_PIXELS",
+]  # fmt: skip
 
 MAX_PIXELS = 40_000_000  # larger images are refused before they are decoded (decompression bombs)
 MAX_FILE_BYTES = 100 * 2**20  # files are read only up to this size (and only regular files)
@@ -121,11 +123,45 @@ def _open(source: bytes | str | os.PathLike | Image.Image) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(source), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
+        tiff = _tiff_pixel_format(source) if source[:4] in (b"II*\x00", b"MM\x00*") else None
+        if tiff is not None:
+            raise ImageError(
+                f"this TIFF's pixel format is not supported: {tiff}. Save it as 8-bit grayscale, RGB or RGBA, "
+                "16-bit grayscale or RGB, or 32-bit floating-point grayscale"
+            ) from None
         raise ImageError("this file is not an image we can read (JPEG, PNG, WebP, GIF, BMP or TIFF)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"the image is too large: at most {MAX_PIXELS // 1_000_000} megapixels") from None
     except Exception as e:  # PIL raises many types on malformed headers
         raise ImageError(f"the image header is corrupt ({type(e).__name__}: {e})") from None
+
+
+_TIFF_SAMPLE_FORMATS = {1: "unsigned integer", 2: "signed integer", 3: "floating point", 4: "untyped"}
+_TIFF_PHOTOMETRIC = {0: "grayscale (white is zero)", 1: "grayscale", 2: "RGB", 3: "palette", 4: "mask", 5: "CMYK",
+                     6: "YCbCr", 8: "CIELab", 9: "ICC Lab", 10: "ITU Lab", 32844: "LogL", 32845: "LogLuv"}  # fmt: skip
+
+
+def _tiff_pixel_format(data: bytes) -> str | None:
+    """The pixel format of a TIFF's first image in words, e.g. "2 samples of 16-bit unsigned
+    integer per pixel (grayscale with 1 extra sample, alpha)"; None if its header cannot be read."""
+    try:
+        ifd = TiffImagePlugin.ImageFileDirectory_v2(ifh=data[:8])
+        fp = io.BytesIO(data)
+        fp.seek(ifd.next)
+        ifd.load(fp)
+        bits = tuple(ifd.get(258, (1,)))
+        samples = int(ifd.get(277, 1))
+        kinds = tuple(ifd.get(339, (1,)))
+        photometric = ifd.get(262)
+        extra = tuple(ifd.get(338, ()))
+    except Exception:  # a damaged header: the generic message says enough
+        return None
+    width = "/".join(str(b) for b in sorted(set(bits)))
+    kind = "/".join(_TIFF_SAMPLE_FORMATS.get(k, f"format {k}") for k in sorted(set(kinds)))
+    what = _TIFF_PHOTOMETRIC.get(photometric, f"photometric {photometric}")
+    if extra:
+        what += " with alpha" if extra[0] in (1, 2) else f" with {len(extra)} extra sample(s)"
+    return f"{samples} sample{'s' if samples != 1 else ''} of {width}-bit {kind} per pixel ({what})"
 
 
 def read_file(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> bytes:
@@ -177,6 +213,7 @@ def refuse_costly(data: bytes) -> None:
                 f"this JPEG has {fill} bytes of 0xFF padding between markers; "
                 f"at most {MAX_JPEG_FILL_BYTES} are accepted"
             )
+        _refuse_jpeg_without_its_data(data)
     elif data[:8] == b"\x89PNG\r\n\x1a\n":
         pos, chunks, ancillary = 8, 0, 0
         end = len(data)
@@ -194,17 +231,144 @@ def refuse_costly(data: bytes) -> None:
             pos += 12 + length
 
 
+def _float_to_8_bits(arr: np.ndarray) -> np.ndarray:
+    """Floating-point samples -> 0..255, their finite range stretched over it; +inf is white, -inf
+    and NaN (no data) black. `ImageError` if no sample is finite (there is no picture to show)."""
+    finite = np.isfinite(arr)
+    if not finite.any():
+        raise ImageError("this floating-point image holds no finite value (every pixel is NaN or infinite)")
+    lo, hi = float(arr[finite].min()), float(arr[finite].max())
+    out = (np.where(finite, arr, lo) - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+    return np.where(arr == np.inf, 255.0, out)
+
+
+# CIE L*a*b* -> sRGB (IEC 61966-2-1), relative to D65, the sRGB white point (as skimage's lab2rgb)
+_D65 = np.array([0.95047, 1.0, 1.08883])
+_XYZ_TO_LINEAR_SRGB = np.array(
+    [[3.2404542, -1.5371385, -0.4985314], [-0.9692660, 1.8760108, 0.0415560], [0.0556434, -0.2040259, 1.0572252]]
+)
+
+
+def _lab_to_rgb(img: Image.Image) -> Image.Image:
+    """A PIL "LAB" image (L* as 0..255 for 0..100, a* and b* as signed bytes) -> sRGB, by the CIE formulas.
+
+    PIL's own `convert("RGB")` is not used: its result depends on the Pillow version and build.
+    """
+    raw = np.asarray(img)
+    lab = np.empty(raw.shape, dtype=np.float64)
+    lab[..., 0] = raw[..., 0] * (100.0 / 255.0)
+    lab[..., 1:] = raw[..., 1:].view(np.int8)
+    fy = (lab[..., 0] + 16.0) / 116.0
+    f = np.stack((fy + lab[..., 1] / 500.0, fy, fy - lab[..., 2] / 200.0), axis=-1)
+    delta = 6.0 / 29.0
+    xyz = np.where(f > delta, f**3, 3 * delta**2 * (f - 4.0 / 29.0)) * _D65
+    linear = np.clip(xyz @ _XYZ_TO_LINEAR_SRGB.T, 0.0, 1.0)
+    srgb = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
+    return Image.fromarray(np.rint(srgb * 255.0).astype(np.uint8), "RGB")
+
+
+_HUFFMAN_FRAMES = (0xC0, 0xC1, 0xC2)  # baseline, extended and progressive DCT, Huffman-coded
+
+
+def _jpeg_frame(data: bytes) -> tuple[int, int, int, int, list[tuple[int, int]]] | None:
+    """(SOF marker, width, height, offset of the first scan, sampling factors per component) of a
+    JPEG, read from its marker segments; None if they cannot be found (PIL then says what is wrong)."""
+    pos, end, frame = 2, len(data), None
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
+            pos += 2
+            continue
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and pos + 10 <= end:
+            height, width, count = struct.unpack_from(">HHB", data, pos + 5)
+            factors = [
+                (data[pos + 11 + 3 * i] >> 4, data[pos + 11 + 3 * i] & 15)
+                for i in range(count)
+                if pos + 12 + 3 * i <= end
+            ]
+            frame = (marker, width, height, factors)
+        if marker == 0xDA:
+            return None if frame is None else (frame[0], frame[1], frame[2], pos, frame[3])
+        pos += 2 + length
+    return None
+
+
+def _refuse_jpeg_without_its_data(data: bytes) -> None:
+    """Refuse a Huffman-coded JPEG whose scans hold fewer bytes than its header's pixels need.
+
+    Every 8x8 block of every component costs at least one bit in a Huffman-coded scan (its DC code;
+    baseline adds an end-of-block code), so a file with fewer than blocks / 8 bytes of scan data
+    cannot hold the picture its header claims (a 256x256 picture under an 8000x5000 header would be
+    "decoded" as mostly grey garbage). Half that is demanded, a margin; arithmetic-coded JPEGs, which
+    can be smaller, are not checked. Headers over `MAX_PIXELS` are left to the size check.
+    """
+    frame = _jpeg_frame(data)
+    if frame is None:
+        return
+    marker, width, height, scan_at, factors = frame
+    if marker not in _HUFFMAN_FRAMES or not factors or width * height > MAX_PIXELS or width * height == 0:
+        return
+    hmax = max(f[0] for f in factors) or 1
+    vmax = max(f[1] for f in factors) or 1
+    blocks = sum(
+        math.ceil(math.ceil(width * h / hmax) / 8) * math.ceil(math.ceil(height * v / vmax) / 8) for h, v in factors
+    )
+    supplied = len(data) - scan_at
+    if supplied * 16 < blocks:
+        raise ImageError(
+            f"the file holds far less data than its header claims: a {width}x{height} JPEG needs at least "
+            f"{blocks // 8:,} bytes of image data, this one has {supplied:,} (a damaged or forged header)"
+        )
+
+
+_PNG_METADATA = (b"tEXt", b"zTXt", b"iTXt", b"iCCP")  # text and ICC profile: never used for the pixels
+
+
+def without_png_metadata(data: bytes) -> bytes:
+    """A PNG without its text and ICC-profile chunks (other bytes as they were); anything else unchanged.
+
+    PIL inflates those chunks when it opens a PNG and refuses one over 1 MB ("Decompressed Data Too
+    Large"), so a valid photo with a large profile or caption would be called corrupt, and a zlib
+    bomb in a caption would cost the time to inflate it. The pixels never depend on them.
+    """
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return data
+    parts, pos, end, dropped = [data[:8]], 8, len(data), False
+    while pos + 8 <= end:
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        stop = pos + 12 + length
+        if kind in _PNG_METADATA:
+            dropped = True
+        else:
+            parts.append(data[pos:stop])
+        pos = stop
+        if kind == b"IEND":
+            break
+    if not dropped:
+        return data
+    parts.append(data[pos:])
+    return b"".join(parts)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB; transparency composited on white, 16-bit and float scaled to 8 bits."""
+    """Any PIL mode -> RGB; transparency (alpha, or a transparent colour or index) composited on white,
+    16-bit and float scaled to 8 bits, CIELab converted colorimetrically."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
             arr = arr / 257.0  # 16-bit range -> 8-bit range
         elif img.mode == "F":
-            lo, hi = float(arr.min(initial=0)), float(arr.max(initial=0))
-            arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+            arr = _float_to_8_bits(arr)
         return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode == "LAB":
+        return _lab_to_rgb(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode in ("P", "L", "RGB") and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -224,6 +388,7 @@ def load_image(source: bytes | str | os.PathLike | Image.Image) -> Image.Image:
         return _decode_opened(source)
     data = _bytes_of(source)
     refuse_costly(data)
+    data = without_png_metadata(data)
     if os.environ.get(DECODE_BUDGET_ENV) != "1":
         return _decode_opened(_open(data))
     (w, h), pixels = run_budgeted(decode_rgb, data)
@@ -242,8 +407,8 @@ def _decode_opened(img: Image.Image) -> Image.Image:
         raise ImageError(f"the image has no pixels ({w}x{h})")
     if w * h > MAX_PIXELS:
         raise ImageError(
-            f"the image is too large: {w}x{h} is {w * h / 1e6:.1f} megapixels, "
-            f"at most {MAX_PIXELS / 1e6:.0f} are accepted"
+            f"the image is too large: {w}x{h} is {w * h:,} pixels, at most {MAX_PIXELS:,} "
+            f"({MAX_PIXELS // 1_000_000} megapixels) are accepted"
         )
     try:
         img.seek(0)  # animated images: the first frame
