@@ -117,7 +117,7 @@ def _bytes_of(source: bytes | str | os.PathLike) -> bytes:
 def _open(source: bytes | str | os.PathLike | Image.Image) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
-    source = _bytes_of(source)
+    source = without_png_metadata(_bytes_of(source))  # in the budgeted worker too, when there is one
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -340,7 +340,9 @@ def without_png_metadata(data: bytes) -> bytes:
     if data[:8] != b"\x89PNG\r\n\x1a\n":
         return data
     parts, pos, end, dropped = [data[:8]], 8, len(data), False
-    while pos + 8 <= end:
+    for _ in range(MAX_PNG_CHUNKS):  # bounded: the chunks after that stay as they are
+        if pos + 8 > end:
+            break
         length, kind = struct.unpack_from(">I4s", data, pos)
         stop = pos + 12 + length
         if kind in _PNG_METADATA:
@@ -388,7 +390,6 @@ def load_image(source: bytes | str | os.PathLike | Image.Image) -> Image.Image:
         return _decode_opened(source)
     data = _bytes_of(source)
     refuse_costly(data)
-    data = without_png_metadata(data)
     if os.environ.get(DECODE_BUDGET_ENV) != "1":
         return _decode_opened(_open(data))
     (w, h), pixels = run_budgeted(decode_rgb, data)
