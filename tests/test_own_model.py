@@ -403,3 +403,14 @@ def test_the_cli_analyses_an_image_with_your_own_checkpoint_and_class_file(tmp_p
         assert "--dilation or --no-dilation" in capsys.readouterr().err
     finally:
         MODELS.pop("good", None)
+
+
+def test_a_class_name_path_that_is_not_a_file_is_refused_without_reading_it(tmp_path):
+    from detr_core.io.class_names import ClassNamesError, read_class_names
+
+    fifo = tmp_path / "names.txt"
+    os.mkfifo(fifo)  # no writer: reading it would wait forever
+    for path, message in [(fifo, "not a regular file"), (type(tmp_path)("/dev/zero"), "not a regular file"),
+                          (tmp_path, "is a folder, not a file")]:  # fmt: skip
+        with pytest.raises(ClassNamesError, match=message):
+            read_class_names(path, 7)

@@ -16,6 +16,7 @@ head (K real classes; the head's K+1-th output is "no object").
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -90,7 +91,12 @@ def read_class_names(path: str | Path, num_classes: int | None = None) -> tuple[
     path = Path(path)
     source = f"class-name file {path.name}"
     try:
-        if path.stat().st_size > MAX_CLASS_FILE_BYTES:
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise ClassNamesError(f"{source} is a folder, not a file: {path}")
+        if not stat.S_ISREG(info.st_mode):  # /dev/zero would be read forever, a FIFO waited on
+            raise ClassNamesError(f"{source} is not a regular file (a device, a FIFO or a socket): {path}")
+        if info.st_size > MAX_CLASS_FILE_BYTES:
             raise ClassNamesError(f"{source} is larger than {MAX_CLASS_FILE_BYTES >> 20} MB")
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
