@@ -1,0 +1,388 @@
+"""What a person feels: time from an input event in the browser to the new map being visible.
+
+    python benchmarks/interaction.py [--reps 20] [--models detr_shapes detr_resnet50] [--out FILE]
+
+Starts the real dashboard (`python -m streamlit run app.py` on 127.0.0.1, a free port, offline with an
+empty torch hub cache) and drives it with Debian's Chromium through Playwright (never `playwright
+install`), 1440x900. Per model:
+
+- detr_shapes: the bundled model on held-out synthetic scene 0 (its default view);
+- detr_resnet50: the official R50 architecture with random weights (seeded), given to the server as
+  the user's own checkpoint (DETR_OWN_MODELS), on an uploaded 1066x800 photo (the sample astronaut,
+  resized), i.e. an 800x1066 input and 25x34 feature cells; the threshold is set so that the five
+  best queries are detections.
+
+The server is warm (each interaction is done once before timing). Each interaction is repeated
+--reps times on fresh cells, queries, layers or heads; a repetition is timed from just before the
+input event (Playwright's click, key press or option pick) to the moment the page shows what that
+input asked for: a caption naming the cell / query / layer / head / threshold, with every image of
+the main area loaded (polled every animation frame). Printed: p50 and p95 in ms per interaction,
+the target and whether it is met, and the CPU it ran on. Targets (issue #15): encoder and decoder
+interactions p95 <= 250 ms, a page switch with a cached analysis <= 1 s, a threshold change <= 500 ms.
+
+Browser and server share the machine's cores, as on a laptop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "tests"))  # tests/_server.py
+
+from _server import CHROMIUM, StreamlitServer, launch_chromium  # noqa: E402
+
+VIEWPORT = {"width": 1440, "height": 900}
+WAIT_MS = 120_000
+R50_NAME = "detr_resnet50_random"
+TARGETS_MS = {
+    "encoder: click a cell": 250,
+    "encoder: change layer": 250,
+    "encoder: change head": 250,
+    "encoder: switch direction": 250,
+    "decoder: pick a detection": 250,
+    "decoder: change layer": 250,
+    "decoder: change head": 250,
+    "page switch (cached analysis)": 1000,
+    "threshold change": 500,
+}
+
+# True once the main area shows every wanted string and all its images have loaded.
+SHOWN_JS = """(want) => {
+  const main = document.querySelector('[data-testid="stMain"]');
+  if (!main) return false;
+  const text = main.innerText;
+  if (!want.every(w => text.includes(w))) return false;
+  return [...main.querySelectorAll('img')].every(i => i.complete && i.naturalWidth > 0);
+}"""
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# ------------------------------------------------------------------------------------------------
+# Page helpers
+
+
+def wait_shown(page, want: list[str]) -> None:
+    page.wait_for_function(SHOWN_JS, arg=want, timeout=WAIT_MS, polling="raf")
+
+
+def wait_idle(page) -> None:
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=WAIT_MS, polling=100
+    )
+
+
+def timed(action: Callable[[], None], page, want: list[str]) -> float:
+    """ms from just before `action` (the input event) to `want` being shown."""
+    start = time.perf_counter()
+    action()
+    wait_shown(page, want)
+    return (time.perf_counter() - start) * 1000
+
+
+def choose(page, label: str, option: str, options: list[str]) -> None:
+    """Pick `option` (one of `options`) in the main area's widget labelled `label`: a radio, a
+    segmented control, a selectbox or a select slider (moved with the arrow keys)."""
+    main = page.locator('[data-testid="stMain"]')
+    kinds = ("stRadio", "stButtonGroup", "stSelectbox", "stSlider")
+    widget = (
+        main.locator(", ".join(f'[data-testid="{k}"]' for k in kinds))
+        .filter(has=page.get_by_text(label, exact=True))
+        .first
+    )
+    kind = widget.get_attribute("data-testid")
+    if kind == "stSelectbox":
+        widget.get_by_role("combobox").click()
+        page.get_by_role("option", name=option, exact=True).click()
+    elif kind == "stSlider":
+        thumb = widget.locator("input[type=range]").first  # its value: the option's index
+        steps = options.index(option) - round(float(thumb.input_value()))
+        thumb.focus()
+        for _ in range(abs(steps)):
+            page.keyboard.press("ArrowRight" if steps > 0 else "ArrowLeft")
+    else:
+        widget.get_by_text(option, exact=True).click()
+
+
+def photo_box(page, index: int = 0) -> dict:
+    chart = page.locator('[data-testid="stPlotlyChart"]').nth(index)
+    image = chart.locator(".imagelayer image")
+    image.wait_for(state="attached")
+    chart.scroll_into_view_if_needed()
+    box = image.bounding_box()
+    assert box and box["width"] > 50, box
+    return box
+
+
+def go_to(page, title: str) -> None:
+    page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first.click()
+
+
+# ------------------------------------------------------------------------------------------------
+# The interactions (each returns one timing, ms)
+
+
+class Session:
+    def __init__(self, page, geometry, detections: list, reps: int):
+        self.page, self.g, self.detections, self.reps = page, geometry, detections, reps
+        self.rng = random.Random(0)
+
+    def encoder_click(self) -> float:
+        g, page = self.g, self.page
+        box = photo_box(page)
+        row, col = self.rng.randrange(g.feat_h), self.rng.randrange(g.feat_w)
+        cx, cy = g.cell_center(row, col)
+        sx, sy = box["x"] + cx / g.orig_w * box["width"], box["y"] + cy / g.orig_h * box["height"]
+        page.mouse.move(sx - 3, sy - 3)
+        page.mouse.move(sx, sy, steps=2)
+        return timed(lambda: page.mouse.click(sx, sy), page, [f"Selected cell: ({row}, {col})"])
+
+    def encoder_option(self, label: str, options: list[str], shown: Callable[[str], str]) -> Callable[[], float]:
+        cycle = iter(options * (self.reps + 2))
+
+        def one() -> float:
+            option = next(cycle)
+            return timed(lambda: choose(self.page, label, option, options), self.page, [shown(option)])
+
+        return one
+
+    def decoder_pick(self) -> float:
+        det = self.detections[self.rng.randrange(len(self.detections))]
+        label = f"query {det.query}: "
+        page = self.page
+
+        def pick() -> None:
+            widget = page.locator('[data-testid="stMain"] [data-testid="stSelectbox"]').filter(
+                has=page.get_by_text("Detection", exact=True)
+            )
+            widget.get_by_role("combobox").click()
+            page.get_by_role("option").filter(has_text=label).first.click()
+
+        return timed(pick, page, [f"Selected detection: query {det.query} "])
+
+    def threshold(self, values: list[float]) -> Callable[[], float]:
+        cycle = iter(values * (self.reps + 2))
+        slider = self.page.locator('[data-testid="stSidebar"] [data-testid="stSlider"] input[type=range]').first
+
+        def one() -> float:
+            target = next(cycle)
+            current = float(slider.input_value())
+            steps = round((target - current) / 0.01)
+            key = "ArrowRight" if steps > 0 else "ArrowLeft"
+            slider.focus()
+
+            def press() -> None:
+                for _ in range(abs(steps)):
+                    self.page.keyboard.press(key)
+
+            return timed(press, self.page, [f"threshold {target:.2f}"])
+
+        return one
+
+    def page_switch(self) -> Callable[[], float]:
+        cycle = iter(["Encoder attention", "Decoder attention", "Detect"] * (self.reps + 2))
+        wants = {
+            "Encoder attention": "Selected cell:",
+            "Decoder attention": "Selected detection:",
+            "Detect": "detections",
+        }
+
+        def one() -> float:
+            title = next(cycle)
+            return timed(lambda: go_to(self.page, title), self.page, [wants[title]])
+
+        return one
+
+
+def measure(fn: Callable[[], float], reps: int) -> list[float]:
+    fn()  # warm: the first of each kind fills caches and the browser's image cache
+    return [fn() for _ in range(reps)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
+
+
+# ------------------------------------------------------------------------------------------------
+# Models and images
+
+
+def random_r50(workdir: Path) -> Path:
+    """The official R50 architecture with seeded random weights, saved as an official checkpoint."""
+    import torch
+
+    from detr_core import build_model
+
+    torch.manual_seed(0)
+    model = build_model("detr_resnet50")
+    path = workdir / f"{R50_NAME}.pth"
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+def photo_1066x800(workdir: Path) -> Path:
+    from PIL import Image
+
+    image = Image.open(REPO / "assets" / "samples" / "astronaut.png").convert("RGB").resize((1066, 800))
+    path = workdir / "astronaut_1066x800.jpg"
+    image.save(path, quality=92)
+    return path
+
+
+def reference(model_name: str, checkpoint: Path | None, data: bytes):
+    """The core's analysis of the image (what the page must show) and the threshold: the model's
+    default, or for random weights one that admits the five best queries."""
+    from detr_core import load_model, load_own_model
+    from detr_core.analysis.pipeline import analyze
+    from detr_core.models.zoo import MODELS
+
+    if checkpoint is None:
+        analysis = analyze(load_model(model_name, device="cpu"), data, model_name)
+        return analysis, MODELS[model_name].default_threshold
+    own = load_own_model(checkpoint, name=R50_NAME)
+    analysis = analyze(own.model, data, own.spec)
+    scores = sorted((d.score for d in analysis.detections(0.0)), reverse=True)
+    return analysis, int(scores[4] * 100) / 100
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def run_model(browser, server, model: str, reps: int, workdir: Path, checkpoint: Path | None) -> dict[str, list[float]]:
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    if checkpoint is None:
+        from ui.state import scene_png
+
+        data = scene_png(0)
+        analysis, threshold = reference(model, None, data)
+        page.goto(f"{server.url}/?model={model}&src=scene&scene=0&thr={threshold:.2f}")
+    else:
+        photo = photo_1066x800(workdir)
+        data = photo.read_bytes()
+        analysis, threshold = reference(model, checkpoint, data)
+        page.goto(f"{server.url}/?src=upload&thr={threshold:.2f}")
+        page.locator('[data-testid="stSidebar"] input[type=file]').set_input_files(str(photo))
+    geometry, detections = analysis.geometry, analysis.detections(threshold)
+    wait_shown(page, ["detections" if detections else "Nothing above"])
+    wait_idle(page)
+    session = Session(page, geometry, detections, reps)
+    results: dict[str, list[float]] = {}
+    results["threshold change"] = measure(session.threshold([round(threshold - 0.01, 2), threshold]), reps)
+    results["page switch (cached analysis)"] = measure(session.page_switch(), reps)
+    go_to(page, "Encoder attention")
+    wait_shown(page, ["Selected cell:"])
+    wait_idle(page)
+    results["encoder: click a cell"] = measure(session.encoder_click, reps)
+    layers = [str(i) for i in range(1, analysis.enc_layers + 1)] + ["mean"]
+    results["encoder: change layer"] = measure(
+        session.encoder_option("Encoder layer", layers, lambda o: f"layer {o} ·"), reps
+    )
+    heads = [str(i) for i in range(1, analysis.nheads + 1)] + ["mean"]
+    results["encoder: change head"] = measure(session.encoder_option("Head", heads, lambda o: f"head {o}"), reps)
+    directions = ["what looks at this location", "where this location looks"]
+    results["encoder: switch direction"] = measure(
+        session.encoder_option("Direction", directions, lambda o: f"· {o} ·"), reps
+    )
+    if detections:
+        go_to(page, "Decoder attention")
+        wait_shown(page, ["Selected detection:"])
+        wait_idle(page)
+        results["decoder: pick a detection"] = measure(session.decoder_pick, reps)
+        dec_layers = [str(i) for i in range(1, analysis.dec_layers + 1)] + ["mean"]
+        results["decoder: change layer"] = measure(
+            session.encoder_option("Decoder layer", dec_layers, lambda o: f"layer {o}, head"), reps
+        )
+        results["decoder: change head"] = measure(session.encoder_option("Head", heads, lambda o: f", head {o}"), reps)
+    context.close()
+    return results
+
+
+def table(all_results: dict[str, dict[str, list[float]]], reps: int) -> str:
+    lines = [
+        f"Interaction latency, input event -> new map visible, p50 / p95 over {reps} repetitions (ms); "
+        f"CPU: {cpu_name()}, {os.cpu_count()} cores, browser and server on the same cores",
+        "",
+        "| interaction | " + " | ".join(all_results) + " | target (p95) |",
+        "|---|" + "---|" * len(all_results) + "---|",
+    ]
+    for name, target in TARGETS_MS.items():
+        cells = []
+        for results in all_results.values():
+            values = results.get(name)
+            if not values:
+                cells.append("n/a")
+                continue
+            p95 = percentile(values, 0.95)
+            mark = "met" if p95 <= target else "not met"
+            cells.append(f"{statistics.median(values):.0f} / {p95:.0f} ({mark})")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | <= {target} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--models", nargs="+", default=["detr_shapes", "detr_resnet50"])
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if not Path(CHROMIUM).exists():
+        print(f"{CHROMIUM} is not installed (apt-get install chromium)", file=sys.stderr)
+        return 1
+    from playwright.sync_api import sync_playwright
+
+    all_results: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        checkpoint = random_r50(workdir) if "detr_resnet50" in args.models else None
+        env = {"TORCH_HOME": str(workdir / "torch_home"), "DETR_WEIGHTS_DIR": ""}
+        if checkpoint is not None:
+            env["DETR_OWN_MODELS"] = json.dumps([{"checkpoint": str(checkpoint), "name": R50_NAME}])
+        server = StreamlitServer(workdir / "streamlit.log", env=env).start()
+        try:
+            with sync_playwright() as p:
+                browser = launch_chromium(p)
+                for model in args.models:
+                    ckpt = checkpoint if model == "detr_resnet50" else None
+                    label = f"{model} (random weights, 800x1066)" if ckpt else model
+                    all_results[label] = run_model(browser, server, model if not ckpt else R50_NAME, args.reps,
+                                                   workdir, ckpt)  # fmt: skip
+                    print(f"{label}: done", file=sys.stderr)
+                browser.close()
+        finally:
+            server.stop()
+    text = table(all_results, args.reps)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(all_results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
