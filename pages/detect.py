@@ -2,11 +2,16 @@
 
 import streamlit as st
 
-from ui import compute, figures, state
+from ui import compute, figures, frame, state
 
 
 def render() -> None:
     st.header("Detect")
+    st.markdown(
+        "This tool shows where a DETR object detector looks. Here: its boxes on the image. "
+        "Then click a pixel on **Encoder attention** to see what that spot attends to, or pick a detection "
+        "on **Decoder attention** to see where its object query looked."
+    )
     view = state.require_analysis()
     if view is None:
         return
@@ -40,7 +45,7 @@ def render() -> None:
             "Lower the threshold in the sidebar to see weaker guesses."
         )
         return
-    st.subheader(f"{len(shown)} of {len(detections)} detections")
+    st.subheader(f"{len(shown)} of {len(detections)} detections at threshold {view.threshold:.2f}")
     st.dataframe(compute.detection_rows(shown), hide_index=True, width="stretch")
 
     stem = (view.image_label.rsplit(".", 1)[0] or "image").replace(" ", "_")
@@ -64,4 +69,4 @@ def render() -> None:
     )  # fmt: skip
 
 
-state.page_main(render, "the Detect page")
+frame.page_main(render, "the Detect page")

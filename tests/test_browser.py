@@ -96,7 +96,7 @@ def scene(shapes_model) -> int:
 
 
 def scene_bytes(number: int) -> bytes:
-    from ui.state import scene_png
+    from ui.caches import scene_png
 
     return scene_png.__wrapped__(number) if hasattr(scene_png, "__wrapped__") else scene_png(number)
 
