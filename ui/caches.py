@@ -264,10 +264,14 @@ def sample_bytes(name: str) -> bytes:
     return (SAMPLES_DIR / name).read_bytes()
 
 
-@st.cache_data(show_spinner=False, max_entries=16, ttl=600)
 def url_bytes(url: str) -> bytes:
     """The bytes behind an image URL (detr_core.io.fetch: public hosts only, bounded size and time);
     cached for ten minutes per URL. Raises FetchError (a DETRError) with a message for visitors."""
+    return _fetched(url, fetch.private_allowed())
+
+
+@st.cache_data(show_spinner=False, max_entries=16, ttl=600)
+def _fetched(url: str, private_allowed: bool) -> bytes:  # the setting is part of the key
     return fetch.fetch_bytes(url)
 
 

@@ -24,7 +24,10 @@ from urllib.parse import urljoin, urlsplit
 
 from detr_core.errors import DETRError
 
-__all__ = ["ALLOW_PRIVATE_ENV", "MAX_BYTES", "FetchError", "check_url", "fetch_bytes", "host_answers"]
+__all__ = [
+    "ALLOW_PRIVATE_ENV", "MAX_BYTES", "FetchError", "check_url", "fetch_bytes", "host_answers", "is_public",
+    "private_allowed",
+]  # fmt: skip
 
 ALLOW_PRIVATE_ENV = "DETR_ALLOW_PRIVATE_URLS"
 MAX_BYTES = 25 * 2**20  # as the upload's limit
@@ -38,7 +41,8 @@ class FetchError(DETRError):
     """An image URL that is refused or cannot be fetched."""
 
 
-def _private_allowed() -> bool:
+def private_allowed() -> bool:
+    """Whether the server allows private, loopback and link-local addresses (DETR_ALLOW_PRIVATE_URLS=1)."""
     return os.environ.get(ALLOW_PRIVATE_ENV) == "1"
 
 
@@ -61,6 +65,15 @@ def check_url(url: str) -> tuple[str, str, int, str]:
     return parts.scheme, parts.hostname, port, path
 
 
+def is_public(address: str) -> bool:
+    """Whether an IP address is on the public internet (not private, loopback, link-local, multicast,
+    reserved, shared or unspecified; an IPv4-mapped IPv6 address is judged by its IPv4 address)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved)
+
+
 def _public_address(host: str, port: int) -> str:
     """The first address of `host` (every one checked); FetchError for a non-public one unless allowed."""
     try:
@@ -70,12 +83,9 @@ def _public_address(host: str, port: int) -> str:
     addresses = [info[4][0] for info in infos]
     if not addresses:
         raise FetchError(f"the host {host!r} has no address")
-    if not _private_allowed():
+    if not private_allowed():
         for text in addresses:
-            ip = ipaddress.ip_address(text.split("%", 1)[0])
-            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
-            if not ip.is_global or ip.is_multicast or ip.is_reserved:
+            if not is_public(text):
                 raise FetchError(
                     f"the host {host!r} is on a private, loopback, link-local or multicast network: "
                     "this server does not fetch from those"
