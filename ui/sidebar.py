@@ -36,6 +36,7 @@ from .state import (
 
 log = logging.getLogger("detr_explorer")
 
+DEFAULT_SAMPLE = "coffee.png"
 OFFICIAL_PREFERENCE = ("detr_resnet50", "detr_resnet50_dc5", "detr_resnet101", "detr_resnet101_dc5", "detr_demo")
 
 
@@ -200,7 +201,10 @@ def _image_input(source: str) -> tuple[bytes | None, str]:
         return caches.scene_png(int(number)), f"synthetic scene {int(number)}"
     if source == SOURCE_SAMPLE:
         names = caches.sample_names()
-        keep_valid("w_sample", names, names[0] if names else None)
+        default = DEFAULT_SAMPLE if DEFAULT_SAMPLE in names else (names[0] if names else None)
+        keep_valid("w_sample", names, default)
+        if "w_sample" not in st.session_state:
+            st.session_state["w_sample"] = default
         name = st.selectbox("Sample photo", names, key="w_sample")
         if name is None:
             return None, ""
