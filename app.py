@@ -11,6 +11,8 @@ this frame (see there why a page script may also be started without this file, a
 """
 
 import logging
+import sys
+import time
 
 import streamlit as st
 
@@ -41,6 +43,8 @@ starting = st.empty()
 if "_view" not in st.session_state:  # the session's first run: say what is happening
     starting.caption("Starting: loading PyTorch and the model (a few seconds on a freshly started server)...")
 notes_area = st.container()
+if "torch" not in sys.modules:  # a fresh server: let the title reach the browser before PyTorch's import
+    time.sleep(0.3)  # (loading its libraries holds the interpreter for seconds, the messages too)
 
 from ui import caches, frame, sidebar, state  # noqa: E402 (after the title: the first import loads PyTorch)
 

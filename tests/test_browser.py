@@ -37,6 +37,7 @@ expect.set_options(timeout=120_000)
 SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 WAIT_MS = 120_000  # the CPU is slow and busy: generous, but every wait is for something specific
 VIEWPORT = {"width": 1400, "height": 1050}
+RUNS = re.compile(r"^model runs \(this session\): \d+$")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -122,7 +123,7 @@ def expected_detections(model, data: bytes, threshold: float):
 
 def open_app(page, server, path: str = "") -> None:
     page.goto(server.url + path)
-    expect(page.get_by_text(re.compile(r"^model runs: \d+$"))).to_be_visible()
+    expect(page.get_by_text(RUNS)).to_be_visible()
     wait_idle(page)
 
 
@@ -146,7 +147,7 @@ def url_param(page, key: str, done, timeout_s: float = 10.0) -> str | None:
 
 
 def model_runs(page) -> int:
-    text = page.get_by_text(re.compile(r"^model runs: \d+$")).inner_text()
+    text = page.get_by_text(RUNS).inner_text()
     return int(text.rsplit(" ", 1)[1])
 
 
@@ -242,7 +243,7 @@ def test_upload_a_synthetic_scene_and_see_its_detections(page, server, shapes_mo
     pick_source(page, "Upload")
     upload(page, path)
     n = len(expected)
-    expect(page.get_by_role("heading", name=f"{n} of {n} detections")).to_be_visible()
+    expect(page.get_by_role("heading", name=re.compile(rf"^{n} of {n} detections at threshold"))).to_be_visible()
     chart = page.locator('[data-testid="stPlotlyChart"]').first
     for det in expected:  # each box's "class: score" label is drawn on the photo
         expect(chart.get_by_text(f"{det.class_name}: {det.score:.2f}").first).to_be_attached()
@@ -358,7 +359,7 @@ def test_a_corrupt_upload_shows_a_message_and_a_good_one_works_after_it(page, se
     upload(page, write_scene(tmp_path, 12))
     expect(page.get_by_text("scene_12.png", exact=False).first).to_be_visible()
     expect(alert).to_have_count(0)
-    expect(page.get_by_role("heading", name=re.compile(r"^\d+ of \d+ detections$|^Detect$")).first).to_be_visible()
+    expect(page.get_by_role("heading", name=re.compile(r"^\d+ of \d+ detections at|^Detect$")).first).to_be_visible()
 
 
 def test_a_deep_link_lands_on_the_same_view(page, server, browser):
@@ -383,3 +384,31 @@ def test_a_deep_link_lands_on_the_same_view(page, server, browser):
         assert time.monotonic() - started < WAIT_MS / 1000
     finally:
         other.close()
+
+
+def test_a_fresh_server_draws_a_title_and_a_progress_line_within_two_seconds(browser, tmp_path):
+    """Issue #13 item 6: the first visit to a freshly started server (PyTorch not yet imported, no model
+    loaded) shows the title and a progress line at once; the model loads after the frame is drawn."""
+    env = {"TORCH_HOME": str(tmp_path / "torch_home"), "DETR_WEIGHTS_DIR": ""}
+    fresh = StreamlitServer(tmp_path / "fresh.log", env=env).start()
+    context = browser.new_context(viewport={"width": 390, "height": 844})  # a phone: the sidebar is collapsed
+    try:
+        pg = context.new_page()
+        pg.set_default_timeout(WAIT_MS)
+        connected = []  # when the page's script opened its connection to the server
+        pg.on("websocket", lambda ws: connected.append(time.monotonic()))
+        pg.goto(fresh.url, wait_until="commit")
+        expect(pg.get_by_text("DETR Attention Explorer").first).to_be_visible()
+        title_s = time.monotonic() - connected[0]
+        progress = pg.get_by_text(re.compile(r"^Starting: loading PyTorch and the model"))
+        saw_progress = progress.count() > 0
+        expect(pg.get_by_role("heading", name="Detect", exact=True)).to_be_visible()
+        loaded_s = time.monotonic() - connected[0]
+        assert title_s < 2.0, f"the title came {title_s:.1f} s after connecting"
+        assert saw_progress or loaded_s < 2.0, "no progress line while the model loaded"
+        expect(pg.get_by_text(re.compile(r"model: .*DETR shapes"))).to_be_visible()  # the header names the model
+        expect(pg.get_by_text(re.compile(r"click a pixel on Encoder attention"))).to_be_visible()
+        expect(progress).to_have_count(0)  # gone once the page is drawn
+    finally:
+        context.close()
+        fresh.stop()
