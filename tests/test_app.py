@@ -622,3 +622,12 @@ def test_every_page_names_the_active_model_in_its_header(page):
     at = new_app(page=page)
     title = MODELS["detr_shapes"].title
     assert any(m.startswith("**DETR Attention Explorer** · model: ") and title in m for m in texts(at.markdown))
+
+
+def test_messages_for_visitors_name_no_server_folder_and_stay_short():
+    from ui.frame import visitor_text
+
+    text = visitor_text("put x.pth in /home/alice/.cache/torch/hub/checkpoints\nor C:\\Users\\bob\\w\nthree\nfour")
+    assert "alice" not in text and "bob" not in text and ".cache" not in text
+    assert text.startswith("put x.pth in …/checkpoints") and len(text.splitlines()) == 3
+    assert visitor_text("from https://dl.fbaipublicfiles.com/detr/x.pth") == "from https://dl.fbaipublicfiles.com/detr/x.pth"

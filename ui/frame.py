@@ -28,12 +28,13 @@ log = logging.getLogger("detr_explorer")
 ROOT = Path(__file__).resolve().parent.parent
 _NOTES = "_attempt_messages"  # session key: [{"id", "kind", "text", "view"}]
 MAX_LINES = 3
-_PATHLIKE = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.~@+-]+){2,}[\\/]?")
+_PATHLIKE = re.compile(r"(?<![\w:/])(?:[A-Za-z]:)?(?:[\\/][\w.~@+-]+){2,}[\\/]?")  # not a URL's path
 
 
 def visitor_text(text: str) -> str:
-    """`text` fit for any visitor: server paths replaced by "…", at most MAX_LINES lines."""
-    text = _PATHLIKE.sub("…", text)
+    """`text` fit for any visitor: a server path's folders replaced by "…" (the file name stays), at
+    most MAX_LINES lines."""
+    text = _PATHLIKE.sub(lambda m: "…/" + m.group(0).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1], text)
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return "\n".join(lines[:MAX_LINES])
 
