@@ -70,8 +70,5 @@ try:
 finally:
     params = sidebar.sync_url(slug)
     frame.show_notes(notes_area, (tuple(sorted(params.items())), run_view.image_hash if run_view else None))
-    st.sidebar.caption(
-        f"model runs (this session): {caches.session_model_runs()}",
-        help="Forward passes this session caused. An image and model another visitor already ran are cached "
-        f"and cost nothing; the server has run {caches.model_runs()} in all.",
-    )
+    # Forward passes this session caused (an image and model another visitor already ran are cached).
+    st.sidebar.caption(f"model runs (this session): {caches.session_model_runs()}")
