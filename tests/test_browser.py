@@ -334,7 +334,9 @@ def test_switching_pages_and_moving_sliders_never_reruns_the_model(page, server)
         page.keyboard.press("ArrowLeft")
     expect(threshold).to_have_value(re.compile(rf"^{start - 0.05:.2f}0*$"))
     wait_idle(page)
-    expect(page.get_by_text(f"threshold {start - 0.05:.2f}")).to_be_visible()
+    expect(page.get_by_text(f"threshold {start - 0.05:.2f}").first).to_be_visible()
+    heading = page.get_by_role("heading", name=re.compile(r" detections at threshold "))
+    expect(heading).to_contain_text(f"at threshold {start - 0.05:.2f}")  # the table's own threshold
     go_to(page, "Encoder attention")
     layer = page.locator('[data-testid="stMain"] [data-testid="stSlider"] input[type=range]').first
     layer.focus()
