@@ -197,7 +197,7 @@ def test_the_bounds_must_be_positive():
 
 
 def test_the_dashboard_runs_the_model_once_for_concurrent_sessions_asking_for_one_image():
-    """ui.state: four sessions (threads) ask for the analysis of the same new image at once: one
+    """ui.caches: four sessions (threads) ask for the analysis of the same new image at once: one
     forward pass (MODEL_RUNS + 1), one shared Analysis; asking again runs nothing."""
     from detr_core import MODELS
     from ui import caches as state
