@@ -318,7 +318,7 @@ class Session:
         n = len(picture.detections)
         ok = True
         if n:
-            heading = page.get_by_role("heading", name=f"{n} of {n} detections", exact=True)
+            heading = page.get_by_role("heading", name=f"{n} of {n} detections at threshold {self.threshold:.2f}")
         else:
             heading = page.get_by_text("Nothing above the threshold")
         try:
