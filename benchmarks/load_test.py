@@ -318,7 +318,7 @@ class Session:
         n = len(picture.detections)
         ok = True
         if n:
-            heading = page.get_by_role("heading", name=f"{n} of {n} detections at threshold {self.threshold:.2f}")
+            heading = page.get_by_role("heading", name=re.compile(rf"^{n} of {n} detections at threshold "))
         else:
             heading = page.get_by_text("Nothing above the threshold")
         try:
