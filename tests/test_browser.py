@@ -414,3 +414,26 @@ def test_a_fresh_server_draws_a_title_and_a_progress_line_within_two_seconds(bro
     finally:
         context.close()
         fresh.stop()
+
+
+def test_a_failed_model_pick_keeps_the_upload_and_its_message_can_be_dismissed(page, server, tmp_path):
+    """Issue #13 items 1 and 3 in a real browser: the upload survives a pick of a model whose weights
+    cannot be had here, the session stays on detr_shapes, and the short message goes when dismissed."""
+    open_app(page, server)
+    pick_source(page, "Upload")
+    upload(page, write_scene(tmp_path, 9))
+    caption = page.get_by_text(re.compile(r" on scene_9\.png · threshold "))
+    expect(caption).to_be_visible()
+    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
+    page.get_by_role("option", name=re.compile(r"^DETR R50 \(")).click()
+    wait_idle(page)
+    alert = page.locator('[data-testid="stMain"] [data-testid="stAlert"]').filter(has_text="DETR R50 is not available")
+    expect(alert).to_be_visible()
+    text = alert.inner_text()
+    assert len(text.strip().splitlines()) <= 3 and "/hub/" not in text and "torch_home" not in text, text
+    expect(caption).to_be_visible()  # the same upload, analyzed by the same model
+    expect(page.get_by_text(re.compile(r"model: .*DETR shapes"))).to_be_visible()
+    page.get_by_role("button", name="Dismiss").click()
+    wait_idle(page)
+    expect(alert).to_have_count(0)
+    expect(caption).to_be_visible()
