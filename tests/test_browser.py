@@ -437,3 +437,32 @@ def test_a_failed_model_pick_keeps_the_upload_and_its_message_can_be_dismissed(p
     wait_idle(page)
     expect(alert).to_have_count(0)
     expect(caption).to_be_visible()
+
+
+def test_a_burst_of_threshold_presses_costs_one_rerun_and_the_table_names_its_threshold(page, server):
+    """Issue #13 item 11: thirty arrow presses on the threshold; the detections heading (which names the
+    threshold it was computed for) ends on the slider's value, drawn after at most one value in between
+    (the slider commits a burst of key presses once, or twice when the first press commits at once)."""
+    open_app(page, server)
+    slider = page.locator('[data-testid="stSidebar"] [data-testid="stSlider"] input[type=range]')
+    heading = page.get_by_role("heading", name=re.compile(r" detections at threshold "))
+    start = float(slider.input_value())
+    slider.focus()
+    for _ in range(30):
+        page.keyboard.press("ArrowLeft")
+    final = f"{max(start - 0.30, 0.0):.2f}"
+    expect(slider).to_have_value(re.compile(rf"^{float(final):g}0*$|^{final}$"))
+    seen = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = heading.first.inner_text() if heading.count() else ""
+        match = re.search(r"at threshold (\d\.\d\d)$", text)
+        if match:
+            seen.add(match.group(1))
+            if match.group(1) == final:
+                break
+        page.wait_for_timeout(100)
+    wait_idle(page)
+    assert re.search(rf"at threshold {final}$", heading.first.inner_text())
+    between = seen - {f"{start:.2f}", final}
+    assert len(between) <= 1, f"the burst drew {len(between)} intermediate thresholds: {sorted(between)}"
