@@ -477,7 +477,7 @@ NON_DEFAULT = {
     "encoder-grid": {"enc_layer": "mean", "enc_head": "grid"},
     "decoder": {"dec_mode": "relevance", "dec_layer": "1", "dec_head": "2", "thr": "0.00", "q": "5"},
 }
-COVERED_ELSEWHERE = {"url"}  # the image URL source: tests/test_fetch.py (it needs a loopback server)
+COVERED_ELSEWHERE = {"url", "hide"}  # the image URL: tests/test_fetch.py; the class filter: below
 
 
 def _widget_values(at: AppTest) -> dict[str, object]:
@@ -522,6 +522,21 @@ def test_the_round_trip_test_covers_every_declared_field():
         switch(new_app(), page)
     covered = {name for values in NON_DEFAULT.values() for name in values} | COVERED_ELSEWHERE
     assert set(view.FIELDS) <= covered, set(view.FIELDS) - covered
+
+
+def test_the_detect_class_filter_round_trips_through_the_url(scene):
+    at = new_app(scene=str(scene))
+    box = at.multiselect[0]
+    assert len(box.options) >= 1
+    hidden = box.options[0]
+    box.unselect(hidden).run()
+    no_problems(at)
+    link = dict(at.query_params)
+    assert link["hide"] == hidden
+    again = new_app(**link)
+    assert again.multiselect[0].value == at.multiselect[0].value
+    assert again.dataframe[0].value.equals(at.dataframe[0].value)
+    assert hidden not in set(again.dataframe[0].value["class"])
 
 
 def _upload(at: AppTest, number: int, name: str = "mine.png") -> AppTest:

@@ -100,13 +100,13 @@ def page_main(render: Callable[[], None], what: str) -> None:
         runpy.run_path(str(ROOT / "app.py"), run_name="__main__")
 
 
-def safe_callback(callback: Callable[[], None]) -> Callable[[], None]:
+def safe_callback(callback: Callable[..., None]) -> Callable[..., None]:
     """A widget callback that never shows a traceback: an error is logged and shown on the next run."""
 
     @functools.wraps(callback)
-    def wrapper() -> None:
+    def wrapper(*args, **kwargs) -> None:
         try:
-            callback()
+            callback(*args, **kwargs)
         except Exception:
             log.exception("callback %s failed", callback.__name__)
             notify("That action failed; the details were logged on the server.")
