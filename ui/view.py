@@ -165,7 +165,7 @@ def bind_to_image(ident: tuple[str, str | None]) -> None:
     ss = st.session_state
     ss["_image_ident"] = ident
     ss.setdefault(_FIRST_IMAGE, ident)
-    for f in FIELDS.values():
+    for f in list(FIELDS.values()):  # a copy: another session's page may declare a field meanwhile
         if not f.per_image:
             continue
         tag = f"{f.key}_for"
@@ -205,7 +205,7 @@ class ViewState:
     def from_params(cls, params: Mapping[str, str]) -> ViewState:
         """The view a URL describes (fields with a missing or bad value are left out)."""
         values = {}
-        for name, f in FIELDS.items():
+        for name, f in list(FIELDS.items()):
             value = f.from_text(params.get(name))
             if value is not None:
                 values[name] = value
@@ -215,7 +215,7 @@ class ViewState:
 def current(page: str, skip: Callable[[Field], bool] | None = None) -> ViewState:
     """This session's view. Fields for which `skip(field)` holds are left out (e.g. another image source's)."""
     values = {}
-    for name, f in FIELDS.items():
+    for name, f in list(FIELDS.items()):
         if skip is not None and skip(f):
             continue
         value = f.value()
