@@ -2,17 +2,21 @@
 
     streamlit run app.py
 
-Builds the sidebar every page shares (model, image, threshold), runs the model once per new image
-and model (cached), then runs the page picked in the navigation (the scripts in pages/). Each page
-script ends with `ui.state.page_main(render, ...)`, which renders it inside this frame (see there
-why a page script may also be started without this file, and what it does then).
+Draws the frame first (the title, and on a session's first run a progress line: the first visit to
+a fresh server loads PyTorch and the model), then builds the sidebar every page shares (ui/sidebar.py:
+model, image, threshold), runs the model once per new image and model (cached, ui/caches.py), runs
+the page picked in the navigation (the scripts in pages/) and writes the view into the URL
+(ui/view.py). Each page script ends with `ui.frame.page_main(render, ...)`, which renders it inside
+this frame (see there why a page script may also be started without this file, and what it does then).
 """
 
 import logging
+import sys
+import time
 
 import streamlit as st
 
-from ui import state
+from ui import view
 
 st.set_page_config(page_title="DETR Attention Explorer", page_icon=":mag:", layout="wide")
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -29,24 +33,42 @@ PAGES = {
 
 page = st.navigation(list(PAGES.values()))
 slug = next((s for s, p in PAGES.items() if p.title == page.title), "detect")
+linked_page = view.begin_session(list(PAGES))  # the session's first run: keep its link
+if linked_page and linked_page != slug:
+    st.switch_page(PAGES[linked_page])
+
+title = st.empty()
+title.markdown("**DETR Attention Explorer**")
+starting = st.empty()
+if "_view" not in st.session_state:  # the session's first run: say what is happening
+    starting.caption("Starting: loading PyTorch and the model (a few seconds on a freshly started server)...")
+notes_area = st.container()
+if "torch" not in sys.modules:  # a fresh server: let the title reach the browser before PyTorch's import
+    time.sleep(0.3)  # (loading its libraries holds the interpreter for seconds, the messages too)
+
+from ui import caches, frame, sidebar, state  # noqa: E402 (after the title: the first import loads PyTorch)
+
+sidebar.start_host_checks()
 state.persist_page_widgets()
 
-view = None
+run_view = None
 try:
-    view, deep_link_page = state.sidebar(list(PAGES))
-    if deep_link_page and deep_link_page != slug:
-        st.switch_page(PAGES[deep_link_page])
+    run_view = sidebar.sidebar()
 except Exception as e:  # never a traceback in the page
-    if isinstance(e, state.DETRError):
-        st.error(str(e))
+    if isinstance(e, frame.DETRError):
+        st.error(frame.visitor_text(str(e)))
     else:
-        state.log.exception("the sidebar failed")
+        frame.log.exception("the sidebar failed")
         st.error("Something went wrong while preparing the model or the image. The details were logged on the server.")
+starting.empty()
+if run_view is not None:
+    title.markdown(f"**DETR Attention Explorer** · model: **{run_view.spec.title}** (`{run_view.model_name}`)")
 
 try:
-    state.show_callback_error()
-    with state.page_frame():
-        state.run_safely(page.run, f"the {page.title} page")
+    with frame.page_frame():
+        frame.run_safely(page.run, f"the {page.title} page")
 finally:
-    state.sync_url(view, slug)
-    st.sidebar.caption(f"model runs: {state.model_runs()}")
+    params = sidebar.sync_url(slug)
+    frame.show_notes(notes_area, (tuple(sorted(params.items())), run_view.image_hash if run_view else None))
+    # Forward passes this session caused (an image and model another visitor already ran are cached).
+    st.sidebar.caption(f"model runs (this session): {caches.session_model_runs()}")

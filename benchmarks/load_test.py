@@ -282,7 +282,7 @@ class Session:
 
         async def go():
             await self.page.goto(self.url)
-            await expect(self.page.get_by_text(re.compile(r"^model runs: \d+$"))).to_be_visible()
+            await expect(self.page.get_by_text(re.compile(r"^model runs \(this session\): \d+$"))).to_be_visible()
             await _idle(self.page)
 
         await self.timed("open", go())
@@ -318,7 +318,7 @@ class Session:
         n = len(picture.detections)
         ok = True
         if n:
-            heading = page.get_by_role("heading", name=f"{n} of {n} detections", exact=True)
+            heading = page.get_by_role("heading", name=re.compile(rf"^{n} of {n} detections at threshold "))
         else:
             heading = page.get_by_text("Nothing above the threshold")
         try:
@@ -556,7 +556,7 @@ async def _drive(url: str, sessions: list[list[Picture]], soak: list[Picture], s
             async with Session(browser, url, "cold start", timings) as first:
                 start = time.perf_counter()
                 await first.page.goto(url)
-                await expect(first.page.get_by_text(re.compile(r"^model runs: \d+$"))).to_be_visible()
+                await expect(first.page.get_by_text(re.compile(r"^model runs \(this session\): \d+$"))).to_be_visible()
                 await _idle(first.page)
                 timings.add("first open (cold start)", time.perf_counter() - start)
             if first.result.problems:

@@ -5,15 +5,30 @@ import streamlit as st
 
 from detr_core.analysis import stats
 from detr_core.io.render import draw_boxes
-from ui import compute, figures, state
+from ui import caches, compute, figures, frame, state, view
 
 PLOT_KEY = "plot_decoder"
 PANELS = 12  # detections shown as panels at most (all are in the picker)
 PER_ROW = 6
 MODES = ("raw attention", "relevance (Chefer et al.)")
+MODE_NAMES = {"raw": MODES[0], "relevance": MODES[1]}  # in the URL
 
 
-@state.safe_callback
+def _layer(text: str) -> str:
+    if text == "mean" or (text.isdigit() and 0 < int(text) <= 64):
+        return text
+    raise ValueError(text)
+
+
+# This page's URL fields (ui/view.py): the picked query, raw or relevance, the layer and the head.
+view.field("q", key="dec_query", parse=view.bounded_int(0, 100_000), page="decoder", per_image=True)
+view.field("dec_mode", key="p_dec_mode", parse=view.choice(MODE_NAMES), page="decoder",
+           fmt=lambda m: next(k for k, v in MODE_NAMES.items() if v == m))  # fmt: skip
+view.field("dec_layer", key="p_dec_layer", parse=_layer, page="decoder")
+view.field("dec_head", key="p_dec_head", parse=_layer, page="decoder")
+
+
+@frame.safe_callback
 def _on_pick_box() -> None:
     event = st.session_state.get(PLOT_KEY)
     if not event:
@@ -24,7 +39,7 @@ def _on_pick_box() -> None:
         st.session_state["dec_query"] = int(custom[0] if isinstance(custom, list) else custom)
 
 
-@state.safe_callback
+@frame.safe_callback
 def _on_pick_list() -> None:
     st.session_state["dec_query"] = st.session_state["p_dec_pick"]
 
@@ -95,7 +110,7 @@ def render() -> None:
         layers = compute.layer_options(analysis.dec_layers, ("mean",))
         state.keep_valid("p_dec_layer", layers, str(analysis.dec_layers))
         ss.setdefault("p_dec_layer", str(analysis.dec_layers))
-        refusal = state.relevance_refusal(analysis) if mode == MODES[1] else None
+        refusal = caches.relevance_refusal(analysis) if mode == MODES[1] else None
         if refusal:
             st.info(refusal)
         relevance = mode == MODES[1] and refusal is None
@@ -105,7 +120,7 @@ def render() -> None:
         head = c3.selectbox("Head", heads, key="p_dec_head", disabled=relevance)
         if relevance:
             with st.spinner(f"Computing relevance for query {query} (a forward and a backward pass)..."):
-                amap = state.relevance_map(view.key, query, view.image)
+                amap = caches.relevance_map(view.key, query, view.image)
             title = f"relevance of query {query} ({det.class_name})"
         else:
             amap = compute.decoder_map_tensor(analysis, query, layer, head)
@@ -128,4 +143,4 @@ def render() -> None:
         st.caption(f"{box_stats.ratio:.1f}x chance · box ({x0:.0f}, {y0:.0f}) - ({x1:.0f}, {y1:.0f})")
 
 
-state.page_main(render, "the Decoder attention page")
+frame.page_main(render, "the Decoder attention page")

@@ -2,11 +2,35 @@
 
 import streamlit as st
 
-from ui import compute, figures, state
+from ui import compute, figures, frame, state
+from ui import view as url_view
+
+
+def _class_names(text: str) -> list[str]:
+    names = [n for n in text.split(",") if n][:200]
+    if not names:
+        raise ValueError(text)
+    return names
+
+
+# This page's URL field (ui/view.py): the classes the filter hides (none: every class is shown).
+url_view.field("hide", key="detect_hidden", parse=_class_names, fmt=",".join, page="detect", per_image=True)
+
+
+@frame.safe_callback
+def _on_filter(key: str, classes: list[str]) -> None:
+    ss = st.session_state
+    ss["detect_hidden"] = [c for c in classes if c not in ss[key]] or None
+    ss["detect_hidden_for"] = ss.get("_image_ident")
 
 
 def render() -> None:
     st.header("Detect")
+    st.markdown(
+        "This tool shows where a DETR object detector looks. Here: its boxes on the image. "
+        "Then click a pixel on **Encoder attention** to see what that spot attends to, or pick a detection "
+        "on **Decoder attention** to see where its object query looked."
+    )
     view = state.require_analysis()
     if view is None:
         return
@@ -21,11 +45,14 @@ def render() -> None:
     shown = []
     if detections:
         key = f"p_detect_classes_{abs(hash((view.model_name, tuple(classes)))):x}"  # new class set: all shown
+        hidden = st.session_state.get("detect_hidden") or []
         picked = st.multiselect(
             "Show classes",
             classes,
-            default=None if key in st.session_state else classes,
+            default=None if key in st.session_state else [c for c in classes if c not in hidden],
             key=key,
+            on_change=_on_filter,
+            args=(key, classes),
             help="Filter the boxes, the table and the downloads by class.",
         )
         shown = [d for d in detections if d.class_name in picked]
@@ -40,7 +67,7 @@ def render() -> None:
             "Lower the threshold in the sidebar to see weaker guesses."
         )
         return
-    st.subheader(f"{len(shown)} of {len(detections)} detections")
+    st.subheader(f"{len(shown)} of {len(detections)} detections at threshold {view.threshold:.2f}")
     st.dataframe(compute.detection_rows(shown), hide_index=True, width="stretch")
 
     stem = (view.image_label.rsplit(".", 1)[0] or "image").replace(" ", "_")
@@ -64,4 +91,4 @@ def render() -> None:
     )  # fmt: skip
 
 
-state.page_main(render, "the Detect page")
+frame.page_main(render, "the Detect page")

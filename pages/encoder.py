@@ -4,12 +4,52 @@ at it), per layer and head, for up to four points side by side as in the DETR pa
 import streamlit as st
 
 from detr_core.io.render import color_of, draw_cell
-from ui import compute, figures, state
+from ui import compute, figures, frame, state, view
 
 PLOT_KEY = "plot_encoder"
 DIRECTIONS = {"looks": "where this location looks", "looked_at": "what looks at this location"}
 COLOUR_NAMES = ("blue", "orange", "yellow", "purple")
 GRID = "all heads (grid)"
+
+
+def parse_points(text: str) -> list[tuple[float, float]]:
+    """'x,y;x,y' (original pixels) -> [(x, y), ...] (at most 4); ValueError when none is good."""
+    points = []
+    for part in text.split(";")[:64]:
+        try:
+            x, y = (float(v) for v in part.split(","))
+        except ValueError:
+            continue
+        if x == x and y == y and abs(x) < 1e6 and abs(y) < 1e6:  # finite, sane
+            points.append((x, y))
+    if not points:
+        raise ValueError(text)
+    return points[:4]
+
+
+def format_points(points: list[tuple[float, float]]) -> str:
+    return ";".join(f"{x:g},{y:g}" for x, y in points)
+
+
+def _layer(text: str) -> str:
+    if text in ("mean", "rollout") or (text.isdigit() and 0 < int(text) <= 64):
+        return text
+    raise ValueError(text)
+
+
+def _head(text: str) -> str:
+    if text == "grid":
+        return GRID
+    if text == "mean" or (text.isdigit() and 0 < int(text) <= 64):
+        return text
+    raise ValueError(text)
+
+
+# This page's URL fields (ui/view.py): the clicked points, the direction, the layer and the head.
+view.field("pts", key="enc_points", parse=parse_points, fmt=format_points, page="encoder", per_image=True)
+view.field("enc_dir", key="p_enc_direction", parse=view.choice(list(DIRECTIONS)), page="encoder")
+view.field("enc_layer", key="p_enc_layer", parse=_layer, page="encoder")
+view.field("enc_head", key="p_enc_head", parse=_head, fmt=lambda h: "grid" if h == GRID else h, page="encoder")
 
 
 def _points(view) -> list[tuple[float, float]]:
@@ -18,7 +58,7 @@ def _points(view) -> list[tuple[float, float]]:
     return [compute.clamp_point(geometry, x, y) for x, y in points]
 
 
-@state.safe_callback
+@frame.safe_callback
 def _on_click() -> None:
     """A click on the photo: add the clicked cell (its centre, original pixels) as the newest point."""
     ss = st.session_state
@@ -39,7 +79,7 @@ def _on_click() -> None:
     ss["enc_points_for"] = (view.model_name, view.image_hash)
 
 
-@state.safe_callback
+@frame.safe_callback
 def _reset_points() -> None:
     st.session_state["enc_points"] = None
 
@@ -145,4 +185,4 @@ def render() -> None:
             )
 
 
-state.page_main(render, "the Encoder attention page")
+frame.page_main(render, "the Encoder attention page")

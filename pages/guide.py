@@ -3,7 +3,7 @@ shown with numbers measured on the current image."""
 
 import streamlit as st
 
-from ui import compute, figures, state
+from ui import compute, figures, frame, state
 
 
 def render() -> None:
@@ -106,4 +106,4 @@ The numbers below are measured on the current image (entropy: 1 = spread evenly 
         )
 
 
-state.page_main(render, "the Guide page")
+frame.page_main(render, "the Guide page")

@@ -3,11 +3,22 @@ current image, and DETRdemo (the paper's minimal DETR) built for any number of c
 
 import streamlit as st
 
-from ui import compute, state
+from ui import compute, frame, state
+
+CHECKPOINT_HELP = """
+Official checkpoints download on first use. On a server without internet, copy the file (its name is
+in the picker's message and in the README's model table, e.g. `detr-r50-e632da11.pth`, from
+`https://dl.fbaipublicfiles.com/detr/`) into a folder and start the server with `DETR_WEIGHTS_DIR`
+set to that folder, or put it in the torch hub cache (`$TORCH_HOME/hub/checkpoints`, by default
+`~/.cache/torch/hub/checkpoints` of the user running the server). The file is checked against the
+hash in its name before it is read; restart is not needed: pick the model again.
+"""
 
 
 def render() -> None:
-    st.header("Model")
+    st.header("Model", help=CHECKPOINT_HELP)
+    with st.expander("Where to put a checkpoint file"):
+        st.markdown(CHECKPOINT_HELP)
     view = state.current_view()
     if view is None or view.model is None:
         st.info("No model is loaded: pick one in the sidebar.")
@@ -59,4 +70,4 @@ def render() -> None:
         st.dataframe(facts["parts"], hide_index=True, width="stretch")
 
 
-state.page_main(render, "the Model page")
+frame.page_main(render, "the Model page")

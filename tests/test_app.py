@@ -23,7 +23,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from detr_core import MODELS, Geometry, load_image, load_model, preprocess  # noqa: E402
 from detr_core.models.zoo import SHAPES_CLASSES  # noqa: E402
-from ui import state  # noqa: E402
+from ui import caches, view  # noqa: E402
 from ui.figures import cell_grid_trace  # noqa: E402
 
 APP = str(REPO_ROOT / "app.py")
@@ -43,7 +43,7 @@ def scene(shapes_model) -> int:
     threshold (the tests that count detections need some; found, not hard-coded, so retraining the
     model does not break them)."""
     threshold = getattr(SHAPES, "default_threshold", 0.9)
-    for number in range(state.SCENE_COUNT):
+    for number in range(caches.SCENE_COUNT):
         if len(expected_detections(shapes_model, number, threshold)) >= 2:
             return number
     raise AssertionError("the bundled model finds two shapes in none of the held-out scenes")
@@ -77,18 +77,23 @@ def texts(elements) -> list[str]:
 
 
 def scene_geometry(number: int) -> Geometry:
-    image = load_image(state.scene_png(number))
+    image = load_image(caches.scene_png(number))
     return preprocess(image, 16, SHAPES.min_size, SHAPES.max_size).geometry
 
 
 def expected_detections(model, number: int, threshold: float):
     from detr_core.analysis.pipeline import analyze
 
-    return analyze(model, state.scene_png(number), "detr_shapes").detections(threshold)
+    return analyze(model, caches.scene_png(number), "detr_shapes").detections(threshold)
 
 
 def switch(at: AppTest, page: str) -> AppTest:
     return at.switch_page(f"pages/{page}.py").run()
+
+
+def session_runs(at: AppTest) -> int:
+    key = caches.SESSION_RUNS_KEY
+    return at.session_state[key] if key in at.session_state else 0  # noqa: SIM401 (no .get here)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -102,12 +107,22 @@ def test_opens_on_detr_shapes_with_a_synthetic_scene_and_a_notice(scene):
     assert at.session_state["w_source"] == "scene"
     notice = " ".join(texts(at.sidebar.info))
     assert "No official DETR checkpoint" in notice and "detr_shapes" in notice
-    labels = at.selectbox(key="w_model").options
-    assert any("downloadable" in o for o in labels) and any("available" in o for o in labels)
     assert at.slider(key="w_threshold").value == pytest.approx(getattr(SHAPES, "default_threshold", 0.9))
     captions = texts(at.sidebar.caption)
-    assert any(c.startswith("model runs: ") for c in captions)
+    assert any(c.startswith("model runs (this session): ") for c in captions)
     assert at.query_params["model"] == "detr_shapes" and at.query_params["page"] == "detect"
+
+
+def test_the_picker_says_a_model_cannot_be_downloaded_when_its_host_does_not_answer():
+    """Issue #13 item 4: offline, the official models are not "downloadable, 159 MB" but say why not."""
+    caches.HOST_CHECK.reset()
+    at = new_app()
+    caches.HOST_CHECK.wait()  # the probe runs in the background (urlopen fails at once here)
+    at.run()
+    labels = at.selectbox(key="w_model").options
+    assert not any("downloadable" in o for o in labels), labels
+    assert any(o.startswith("DETR R50 (needs download, host unreachable") for o in labels), labels
+    assert any("(available)" in o for o in labels)
 
 
 def test_detect_page_lists_the_detections_of_a_synthetic_scene(shapes_model, scene):
@@ -137,7 +152,7 @@ def test_a_threshold_above_every_score_says_nothing_was_found(scene):
 def test_pages_sliders_and_picks_never_rerun_the_model():
     at = new_app(scene="2")
     no_problems(at)
-    runs = state.model_runs()
+    runs = caches.model_runs()
     for page in ("encoder", "decoder", "model", "guide", "detect", "encoder"):
         switch(at, page)
         no_problems(at)
@@ -146,10 +161,10 @@ def test_pages_sliders_and_picks_never_rerun_the_model():
     at.slider(key="w_threshold").set_value(0.5).run()
     switch(at, "decoder")
     no_problems(at)
-    assert state.model_runs() == runs
-    assert f"model runs: {runs}" in texts(at.sidebar.caption)
+    assert caches.model_runs() == runs
+    assert f"model runs (this session): {session_runs(at)}" in texts(at.sidebar.caption)
     at.number_input(key="w_scene").set_value(3).run()  # a new image: one new run
-    assert state.model_runs() == runs + 1
+    assert caches.model_runs() == runs + 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,38 +258,38 @@ def test_decoder_page_shows_one_panel_per_detection_and_the_picked_one(shapes_mo
 
 def test_relevance_is_computed_on_demand_once_per_query(scene):
     at = switch(new_app(scene=str(scene)), "decoder")
-    model_runs, relevance_runs = state.model_runs(), state.relevance_runs()
+    model_runs, relevance_runs = caches.model_runs(), caches.relevance_runs()
     at.radio(key="p_dec_mode").set_value("relevance (Chefer et al.)").run()
     no_problems(at)
     assert at.selectbox(key="p_dec_layer").disabled
     assert "inside its box" in {m.label for m in at.metric}
     assert any("relevance of query" in c for img in at.image for c in img.captions)
-    done = state.relevance_runs()
+    done = caches.relevance_runs()
     assert done in (relevance_runs, relevance_runs + 1)  # 0 when an earlier test cached this one
     switch(at, "guide")
     switch(at, "decoder")
-    assert state.relevance_runs() == done and state.model_runs() == model_runs
+    assert caches.relevance_runs() == done and caches.model_runs() == model_runs
 
 
 def test_relevance_is_offered_for_every_zoo_model_at_the_default_size():
     """The guard admits R50-DC5 (and R101-DC5) at 800/1333: 50 x 84 = 4,200 feature cells, about 1.7 GB."""
-    assert state.RELEVANCE_MAX_TOKENS >= 50 * 84
-    assert state.relevance_gb(50 * 84) < 2.0
-    assert state.relevance_gb(3350) == pytest.approx(1.28, abs=0.1)  # R50-DC5 at 800x1066, measured
+    assert caches.RELEVANCE_MAX_TOKENS >= 50 * 84
+    assert caches.relevance_gb(50 * 84) < 2.0
+    assert caches.relevance_gb(3350) == pytest.approx(1.28, abs=0.1)  # R50-DC5 at 800x1066, measured
 
 
 def test_relevance_too_big_for_the_server_is_refused_with_a_message(scene, monkeypatch):
     """Above RELEVANCE_MAX_TOKENS feature cells the page explains instead of running a pass that could
     take gigabytes (an R50-DC5 photo), and shows raw attention with its controls enabled."""
     at = switch(new_app(scene=str(scene)), "decoder")
-    monkeypatch.setattr(state, "RELEVANCE_MAX_TOKENS", 10)  # detr_shapes scenes have 64+ cells
-    relevance_runs = state.relevance_runs()
+    monkeypatch.setattr(caches, "RELEVANCE_MAX_TOKENS", 10)  # detr_shapes scenes have 64+ cells
+    relevance_runs = caches.relevance_runs()
     at.radio(key="p_dec_mode").set_value("relevance (Chefer et al.)").run()
     no_problems(at)
     assert any("Relevance is not offered at this size" in i.value and "cells" in i.value for i in at.info)
     assert not at.selectbox(key="p_dec_layer").disabled
     assert any("cross-attention of query" in c for img in at.image for c in img.captions)
-    assert state.relevance_runs() == relevance_runs
+    assert caches.relevance_runs() == relevance_runs
 
 
 # ------------------------------------------------------------------------------------------------
@@ -304,7 +319,7 @@ def test_guide_page_measures_its_claims_on_the_current_image(shapes_model, scene
 
     at = switch(new_app(scene=str(scene)), "guide")
     no_problems(at)
-    analysis = analyze(shapes_model, state.scene_png(scene), "detr_shapes")
+    analysis = analyze(shapes_model, caches.scene_png(scene), "detr_shapes")
     metrics = {m.label: m.value for m in at.metric}
     enc = stats.encoder_entropy(analysis, analysis.enc_layers - 1)
     assert metrics["encoder entropy (last layer, mean over locations)"] == f"{enc:.3f}"
@@ -322,7 +337,7 @@ def test_guide_page_measures_its_claims_on_the_current_image(shapes_model, scene
 
 
 def _truncated_png() -> bytes:
-    data = state.scene_png(7)
+    data = caches.scene_png(7)
     return data[: len(data) // 2]
 
 
@@ -345,7 +360,7 @@ def test_a_bad_upload_shows_a_message_and_the_app_keeps_working(name, data, mess
     errors = " ".join(texts(at.error))
     assert message in errors and name in errors
     assert "Traceback" not in errors
-    at.file_uploader(key="w_upload").set_value(("good.png", state.scene_png(4), "image/png")).run()
+    at.file_uploader(key="w_upload").set_value(("good.png", caches.scene_png(4), "image/png")).run()
     no_problems(at)
     assert at.dataframe or any("Nothing above the threshold" in i for i in texts(at.info))
 
@@ -359,14 +374,15 @@ def test_a_sample_photo_runs_with_a_hint_that_detr_shapes_knows_only_shapes(scen
     assert at.query_params["sample"] == "chelsea.png" and at.query_params["src"] == "sample"
 
 
-def test_an_official_model_without_its_weights_falls_back_to_detr_shapes_and_says_where_to_put_the_file(scene):
+def test_an_official_model_without_its_weights_keeps_the_session_on_its_model(scene):
     at = new_app(scene=str(scene))
     at.selectbox(key="w_model").set_value("detr_resnet50").run()
     assert not at.exception
     assert at.session_state["w_model"] == "detr_shapes"
-    message = " ".join(texts(at.sidebar.error))
+    message = " ".join(texts(at.error))
     filename = MODELS["detr_resnet50"].checkpoint.filename
-    assert filename in message and "DETR_WEIGHTS_DIR" in message and "detr_shapes" in message
+    assert filename in message and "Still showing DETR shapes" in message and "Model page" in message
+    assert not at.sidebar.error  # in the page, where a phone shows it too
     assert at.dataframe  # the page works on the bundled model
 
 
@@ -397,7 +413,7 @@ def test_an_unexpected_error_shows_a_friendly_message_not_a_traceback(monkeypatc
     assert "Something went wrong while drawing the Encoder attention page" in errors
     assert "boom" not in errors and "Traceback" not in errors
     assert "boom: an internal bug" in caplog.text  # the traceback is logged on the server
-    assert any(c.startswith("model runs: ") for c in texts(at.sidebar.caption))  # the sidebar still works
+    assert any(c.startswith("model runs (this session): ") for c in texts(at.sidebar.caption))  # the sidebar works
 
 
 def test_the_downloads_hold_class_name_id_score_query_and_xyxy_box(shapes_model, scene):
@@ -413,7 +429,7 @@ def test_the_downloads_hold_class_name_id_score_query_and_xyxy_box(shapes_model,
     data = json.loads(compute.detections_json(detections, {"model": "detr_shapes"}))
     assert data["model"] == "detr_shapes"
     assert [d["box_xyxy"] for d in data["detections"]] == [list(d.box) for d in detections]
-    assert compute.annotated_png(load_image(state.scene_png(scene)), detections).startswith(b"\x89PNG")
+    assert compute.annotated_png(load_image(caches.scene_png(scene)), detections).startswith(b"\x89PNG")
 
 
 def test_model_page_builds_detr_demo_for_a_chosen_number_of_classes(scene):
@@ -446,4 +462,187 @@ def test_a_download_reports_progress_and_a_failed_one_falls_back(monkeypatch, sc
     assert not at.exception
     assert reported == [0, 40, 100]
     assert at.session_state["w_model"] == "detr_shapes"
-    assert "detr-r101-2c7b67e5.pth is corrupt (test)" in " ".join(texts(at.sidebar.error))
+    assert "detr-r101-2c7b67e5.pth could not be downloaded" in " ".join(texts(at.error))
+
+
+# ------------------------------------------------------------------------------------------------
+# One view state (issue #13)
+
+# A non-default value for every URL field, and the page that shows it. A field a page declares
+# without an entry here fails test_every_view_field_round_trips_through_the_url.
+NON_DEFAULT = {
+    "detect": {"model": "detr_shapes", "src": "scene", "scene": "7", "thr": "0.55", "min": "96", "max": "640"},
+    "sample": {"src": "sample", "sample": "chelsea.png", "thr": "0.30"},
+    "encoder": {"enc_dir": "looked_at", "enc_layer": "rollout", "enc_head": "3", "pts": "20,100;60,30"},
+    "encoder-grid": {"enc_layer": "mean", "enc_head": "grid"},
+    "decoder": {"dec_mode": "relevance", "dec_layer": "1", "dec_head": "2", "thr": "0.00", "q": "5"},
+}
+COVERED_ELSEWHERE = {"url", "hide"}  # the image URL: tests/test_fetch.py; the class filter: below
+
+
+def _widget_values(at: AppTest) -> dict[str, object]:
+    """Every declared field's value in this session (the view as the session holds it)."""
+    return {name: at.session_state[f.key] for name, f in view.FIELDS.items() if f.key in at.session_state}
+
+
+@pytest.mark.parametrize("case", list(NON_DEFAULT))
+def test_every_view_field_round_trips_through_the_url(case):
+    """Issue #13 item 2: set each field to a non-default value (through the session, as a widget does),
+    open the URL the app wrote in a fresh session, and get the same view back."""
+    page = case.split("-")[0] if case != "sample" else "detect"
+    wanted = NON_DEFAULT[case]
+    at = new_app()
+    if page != "detect":
+        switch(at, page)
+    for name, text in wanted.items():
+        f = view.FIELDS[name]
+        at.session_state[f.key] = f.parse(text)
+        if f.per_image:  # set by a click for the image shown
+            at.session_state[f"{f.key}_for"] = None
+    at.run()
+    no_problems(at)
+    link = dict(at.query_params)
+    assert link["page"] == page
+    for name, text in wanted.items():
+        assert view.FIELDS[name].parse(link[name]) == view.FIELDS[name].parse(text), (name, link)
+    before = _widget_values(at)
+    again = new_app(**link)
+    no_problems(again)
+    assert again.header[0].value == at.header[0].value
+    after = _widget_values(again)
+    for name in wanted:
+        assert after[name] == before[name], name
+    assert dict(again.query_params) == link
+    assert texts(again.markdown) == texts(at.markdown)
+
+
+def test_the_round_trip_test_covers_every_declared_field():
+    new_app()
+    for page in ("encoder", "decoder"):  # their scripts declare their fields when they run
+        switch(new_app(), page)
+    covered = {name for values in NON_DEFAULT.values() for name in values} | COVERED_ELSEWHERE
+    assert set(view.FIELDS) <= covered, set(view.FIELDS) - covered
+
+
+def test_the_detect_class_filter_round_trips_through_the_url(scene):
+    at = new_app(scene=str(scene))
+    box = at.multiselect[0]
+    assert len(box.options) >= 1
+    hidden = box.options[0]
+    box.unselect(hidden).run()
+    no_problems(at)
+    link = dict(at.query_params)
+    assert link["hide"] == hidden
+    again = new_app(**link)
+    assert again.multiselect[0].value == at.multiselect[0].value
+    assert again.dataframe[0].value.equals(at.dataframe[0].value)
+    assert hidden not in set(again.dataframe[0].value["class"])
+
+
+def _upload(at: AppTest, number: int, name: str = "mine.png") -> AppTest:
+    at.radio(key="w_source").set_value("upload").run()
+    return at.file_uploader(key="w_upload").set_value((name, caches.scene_png(number), "image/png")).run()
+
+
+def test_a_failed_model_switch_changes_nothing_else(scene):
+    """Issue #13 item 1: the upload, threshold, page and points stay; the session stays on its model."""
+    at = _upload(new_app(scene=str(scene)), scene)
+    at.slider(key="w_threshold").set_value(0.42).run()
+    switch(at, "encoder")
+    at.session_state["enc_points"] = [(20.0, 100.0)]
+    at.run()
+    no_problems(at)
+    before = (dict(at.query_params), texts(at.markdown), [c for img in at.image for c in img.captions])
+    at.selectbox(key="w_model").set_value("detr_resnet50").run()
+    assert not at.exception
+    assert at.session_state["w_model"] == "detr_shapes"
+    assert at.session_state["w_source"] == "upload" and at.file_uploader(key="w_upload").value is not None
+    assert at.slider(key="w_threshold").value == pytest.approx(0.42)
+    assert at.header[0].value == "Encoder attention"
+    assert at.session_state["enc_points"] == [(20.0, 100.0)]
+    after = (dict(at.query_params), [m for m in texts(at.markdown) if "is not available" not in m])
+    assert after[0] == before[0]
+    assert after[1] == before[1]
+    assert [c for img in at.image for c in img.captions] == before[2]
+
+
+def test_an_unavailable_model_in_a_link_changes_nothing_else(scene):
+    link = {"model": "detr_resnet50", "src": "sample", "sample": "chelsea.png", "thr": "0.42", "page": "decoder",
+            "dec_head": "2"}  # fmt: skip
+    at = new_app(**link)
+    assert not at.exception
+    ss = at.session_state
+    assert ss["w_model"] == "detr_shapes"
+    assert (ss["w_source"], ss["w_sample"], ss["w_threshold"]) == ("sample", "chelsea.png", 0.42)
+    assert at.header[0].value == "Decoder attention"
+    assert ss["p_dec_head"] == "2"
+    assert any("DETR R50 is not available" in e for e in texts(at.error))
+    assert {k: at.query_params[k] for k in link if k != "model"} == {k: v for k, v in link.items() if k != "model"}
+
+
+def test_a_failed_pick_s_message_is_short_has_no_path_and_goes_with_the_next_action(scene, tmp_path, caplog):
+    """Issue #13 item 3."""
+    at = new_app(scene=str(scene))
+    at.selectbox(key="w_model").set_value("detr_resnet50").run()
+    errors = texts(at.error)
+    assert len(errors) == 1
+    message = errors[0]
+    assert len(message.splitlines()) <= 3
+    for secret in (str(tmp_path), "torch_home", "/hub/", "Traceback", "DETR_WEIGHTS_DIR"):
+        assert secret not in message, secret
+    assert str(tmp_path) in caplog.text  # where it looked is in the server log
+    at.run()  # a rerun without an action: still there
+    assert texts(at.error) == errors
+    at.slider(key="w_threshold").set_value(0.5).run()  # the next action: gone
+    assert not at.error
+    at.selectbox(key="w_model").set_value("detr_resnet50").run()  # again, then dismissed
+    assert len(at.error) == 1
+    next(b for b in at.button if b.label == "Dismiss").click().run()
+    assert not at.error
+    switch(at, "model")  # where checkpoint files go is on the Model page
+    assert any("DETR_WEIGHTS_DIR" in e for e in texts(at.markdown))
+
+
+def test_detect_opens_with_what_the_tool_is_and_where_to_go():
+    """Issue #13 item 6 (the first paint's timing: tests/test_browser.py)."""
+    at = new_app()
+    intro = texts(at.markdown)
+    assert any("Encoder attention" in m and "Decoder attention" in m and "click a pixel" in m for m in intro), intro
+
+
+def test_the_detections_shown_belong_to_the_threshold_shown(shapes_model, scene):
+    """Issue #13 item 11: the table's heading says the threshold it was computed for, the slider's."""
+    at = new_app(scene=str(scene))
+    for value in (0.5, 0.95, 0.3):
+        at.slider(key="w_threshold").set_value(value).run()
+        expected = expected_detections(shapes_model, scene, value)
+        heading = f"{len(expected)} of {len(expected)} detections at threshold {value:.2f}"
+        if expected:
+            assert heading in texts(at.subheader), texts(at.subheader)
+            assert len(at.dataframe[0].value) == len(expected)
+
+
+def test_model_runs_are_counted_per_session(scene):
+    """Issue #13 item 12: a visitor who opens an image another one already ran sees 0 runs."""
+    first = new_app(scene=str(scene + 1))
+    assert caches.model_runs() >= 1
+    second = new_app(scene=str(scene + 1))
+    assert "model runs (this session): 0" in texts(second.sidebar.caption)
+    assert session_runs(first) in (0, 1)
+
+
+@pytest.mark.parametrize("page", ["detect", "encoder", "decoder", "model", "guide"])
+def test_every_page_names_the_active_model_in_its_header(page):
+    """Issue #13 item 13: visible where a phone's collapsed sidebar hides the picker."""
+    at = new_app(page=page)
+    title = MODELS["detr_shapes"].title
+    assert any(m.startswith("**DETR Attention Explorer** · model: ") and title in m for m in texts(at.markdown))
+
+
+def test_messages_for_visitors_name_no_server_folder_and_stay_short():
+    from ui.frame import visitor_text
+
+    text = visitor_text("put x.pth in /home/alice/.cache/torch/hub/checkpoints\nor C:\\Users\\bob\\w\nthree\nfour")
+    assert "alice" not in text and "bob" not in text and ".cache" not in text
+    assert text.startswith("put x.pth in …/checkpoints") and len(text.splitlines()) == 3
+    assert visitor_text("from https://dl.fbaipublicfiles.com/detr/x.pth") == "from https://dl.fbaipublicfiles.com/detr/x.pth"

@@ -37,6 +37,7 @@ expect.set_options(timeout=120_000)
 SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 WAIT_MS = 120_000  # the CPU is slow and busy: generous, but every wait is for something specific
 VIEWPORT = {"width": 1400, "height": 1050}
+RUNS = re.compile(r"^model runs \(this session\): \d+$")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -96,7 +97,7 @@ def scene(shapes_model) -> int:
 
 
 def scene_bytes(number: int) -> bytes:
-    from ui.state import scene_png
+    from ui.caches import scene_png
 
     return scene_png.__wrapped__(number) if hasattr(scene_png, "__wrapped__") else scene_png(number)
 
@@ -122,7 +123,7 @@ def expected_detections(model, data: bytes, threshold: float):
 
 def open_app(page, server, path: str = "") -> None:
     page.goto(server.url + path)
-    expect(page.get_by_text(re.compile(r"^model runs: \d+$"))).to_be_visible()
+    expect(page.get_by_text(RUNS)).to_be_visible()
     wait_idle(page)
 
 
@@ -146,7 +147,7 @@ def url_param(page, key: str, done, timeout_s: float = 10.0) -> str | None:
 
 
 def model_runs(page) -> int:
-    text = page.get_by_text(re.compile(r"^model runs: \d+$")).inner_text()
+    text = page.get_by_text(RUNS).inner_text()
     return int(text.rsplit(" ", 1)[1])
 
 
@@ -242,7 +243,7 @@ def test_upload_a_synthetic_scene_and_see_its_detections(page, server, shapes_mo
     pick_source(page, "Upload")
     upload(page, path)
     n = len(expected)
-    expect(page.get_by_role("heading", name=f"{n} of {n} detections")).to_be_visible()
+    expect(page.get_by_role("heading", name=re.compile(rf"^{n} of {n} detections at threshold"))).to_be_visible()
     chart = page.locator('[data-testid="stPlotlyChart"]').first
     for det in expected:  # each box's "class: score" label is drawn on the photo
         expect(chart.get_by_text(f"{det.class_name}: {det.score:.2f}").first).to_be_attached()
@@ -333,7 +334,9 @@ def test_switching_pages_and_moving_sliders_never_reruns_the_model(page, server)
         page.keyboard.press("ArrowLeft")
     expect(threshold).to_have_value(re.compile(rf"^{start - 0.05:.2f}0*$"))
     wait_idle(page)
-    expect(page.get_by_text(f"threshold {start - 0.05:.2f}")).to_be_visible()
+    expect(page.get_by_text(f"threshold {start - 0.05:.2f}").first).to_be_visible()
+    heading = page.get_by_role("heading", name=re.compile(r" detections at threshold "))
+    expect(heading).to_contain_text(f"at threshold {start - 0.05:.2f}")  # the table's own threshold
     go_to(page, "Encoder attention")
     layer = page.locator('[data-testid="stMain"] [data-testid="stSlider"] input[type=range]').first
     layer.focus()
@@ -358,7 +361,7 @@ def test_a_corrupt_upload_shows_a_message_and_a_good_one_works_after_it(page, se
     upload(page, write_scene(tmp_path, 12))
     expect(page.get_by_text("scene_12.png", exact=False).first).to_be_visible()
     expect(alert).to_have_count(0)
-    expect(page.get_by_role("heading", name=re.compile(r"^\d+ of \d+ detections$|^Detect$")).first).to_be_visible()
+    expect(page.get_by_role("heading", name=re.compile(r"^\d+ of \d+ detections at|^Detect$")).first).to_be_visible()
 
 
 def test_a_deep_link_lands_on_the_same_view(page, server, browser):
@@ -383,3 +386,83 @@ def test_a_deep_link_lands_on_the_same_view(page, server, browser):
         assert time.monotonic() - started < WAIT_MS / 1000
     finally:
         other.close()
+
+
+def test_a_fresh_server_draws_a_title_and_a_progress_line_within_two_seconds(browser, tmp_path):
+    """Issue #13 item 6: the first visit to a freshly started server (PyTorch not yet imported, no model
+    loaded) shows the title and a progress line at once; the model loads after the frame is drawn."""
+    env = {"TORCH_HOME": str(tmp_path / "torch_home"), "DETR_WEIGHTS_DIR": ""}
+    fresh = StreamlitServer(tmp_path / "fresh.log", env=env).start()
+    context = browser.new_context(viewport={"width": 390, "height": 844})  # a phone: the sidebar is collapsed
+    try:
+        pg = context.new_page()
+        pg.set_default_timeout(WAIT_MS)
+        connected = []  # when the page's script opened its connection to the server
+        pg.on("websocket", lambda ws: connected.append(time.monotonic()))
+        pg.goto(fresh.url, wait_until="commit")
+        expect(pg.get_by_text("DETR Attention Explorer").first).to_be_visible()
+        title_s = time.monotonic() - connected[0]
+        progress = pg.get_by_text(re.compile(r"^Starting: loading PyTorch and the model"))
+        saw_progress = progress.count() > 0
+        expect(pg.get_by_role("heading", name="Detect", exact=True)).to_be_visible()
+        loaded_s = time.monotonic() - connected[0]
+        assert title_s < 2.0, f"the title came {title_s:.1f} s after connecting"
+        assert saw_progress or loaded_s < 2.0, "no progress line while the model loaded"
+        expect(pg.get_by_text(re.compile(r"model: .*DETR shapes"))).to_be_visible()  # the header names the model
+        expect(pg.get_by_text(re.compile(r"click a pixel on Encoder attention"))).to_be_visible()
+        expect(progress).to_have_count(0)  # gone once the page is drawn
+    finally:
+        context.close()
+        fresh.stop()
+
+
+def test_a_failed_model_pick_keeps_the_upload_and_its_message_can_be_dismissed(page, server, tmp_path):
+    """Issue #13 items 1 and 3 in a real browser: the upload survives a pick of a model whose weights
+    cannot be had here, the session stays on detr_shapes, and the short message goes when dismissed."""
+    open_app(page, server)
+    pick_source(page, "Upload")
+    upload(page, write_scene(tmp_path, 9))
+    caption = page.get_by_text(re.compile(r" on scene_9\.png · threshold "))
+    expect(caption).to_be_visible()
+    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
+    page.get_by_role("option", name=re.compile(r"^DETR R50 \(")).click()
+    wait_idle(page)
+    alert = page.locator('[data-testid="stMain"] [data-testid="stAlert"]').filter(has_text="DETR R50 is not available")
+    expect(alert).to_be_visible()
+    text = alert.inner_text()
+    assert len(text.strip().splitlines()) <= 3 and "/hub/" not in text and "torch_home" not in text, text
+    expect(caption).to_be_visible()  # the same upload, analyzed by the same model
+    expect(page.get_by_text(re.compile(r"model: .*DETR shapes"))).to_be_visible()
+    page.get_by_role("button", name="Dismiss").click()
+    wait_idle(page)
+    expect(alert).to_have_count(0)
+    expect(caption).to_be_visible()
+
+
+def test_a_burst_of_threshold_presses_costs_one_rerun_and_the_table_names_its_threshold(page, server):
+    """Issue #13 item 11: thirty arrow presses on the threshold; the detections heading (which names the
+    threshold it was computed for) ends on the slider's value, drawn after at most one value in between
+    (the slider commits a burst of key presses once, or twice when the first press commits at once)."""
+    open_app(page, server)
+    slider = page.locator('[data-testid="stSidebar"] [data-testid="stSlider"] input[type=range]')
+    heading = page.get_by_role("heading", name=re.compile(r" detections at threshold "))
+    start = float(slider.input_value())
+    slider.focus()
+    for _ in range(30):
+        page.keyboard.press("ArrowLeft")
+    final = f"{max(start - 0.30, 0.0):.2f}"
+    expect(slider).to_have_value(re.compile(rf"^{float(final):g}0*$|^{final}$"))
+    seen = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = heading.first.inner_text() if heading.count() else ""
+        match = re.search(r"at threshold (\d\.\d\d)$", text)
+        if match:
+            seen.add(match.group(1))
+            if match.group(1) == final:
+                break
+        page.wait_for_timeout(100)
+    wait_idle(page)
+    assert re.search(rf"at threshold {final}$", heading.first.inner_text())
+    between = seen - {f"{start:.2f}", final}
+    assert len(between) <= 1, f"the burst drew {len(between)} intermediate thresholds: {sorted(between)}"

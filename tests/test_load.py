@@ -10,7 +10,7 @@ Then one session uploads 25 distinct 3072 px scenes (JPEG, about 3 MB each) in a
 resident memory after the last may exceed its value after the first 10 by at most 100 MB.
 
 Why 3072 px and 100 MB: Pillow holds a decoded 3072 px RGB image in 36 MiB (4 bytes a pixel), so
-the decoded-image cache of ui/state.py (at most 16 entries and 256 MiB) keeps 7 of them: it is full
+the decoded-image cache of ui/caches.py (at most 16 entries and 256 MiB) keeps 7 of them: it is full
 after the first 10 uploads. What may still grow is the 900 px display copies (`_display_copy`, 16
 entries of 3 MiB: from 10 to 16, about 20 MB) and the analyses (a few hundred kB each at
 detr_shapes' 128 px input). Measured on the 2-core development machine: +9 and +10 MB (two runs).

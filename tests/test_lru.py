@@ -197,10 +197,10 @@ def test_the_bounds_must_be_positive():
 
 
 def test_the_dashboard_runs_the_model_once_for_concurrent_sessions_asking_for_one_image():
-    """ui.state: four sessions (threads) ask for the analysis of the same new image at once: one
+    """ui.caches: four sessions (threads) ask for the analysis of the same new image at once: one
     forward pass (MODEL_RUNS + 1), one shared Analysis; asking again runs nothing."""
     from detr_core import MODELS
-    from ui import state
+    from ui import caches as state
 
     spec = MODELS[state.SHAPES]
     image_bytes = state.scene_png(17)
@@ -235,7 +235,7 @@ def test_the_dashboard_runs_the_model_once_for_concurrent_sessions_asking_for_on
 
 
 def test_the_dashboard_caches_are_bounded_by_bytes():
-    from ui import state
+    from ui import caches as state
 
     assert state.ANALYSES.max_bytes == state.ANALYSIS_CACHE_BYTES and state.ANALYSES.max_entries == 16
     assert state.IMAGES.max_bytes == state.IMAGE_CACHE_BYTES and state.IMAGES.max_entries == 16
@@ -248,6 +248,6 @@ def test_the_dashboard_caches_are_bounded_by_bytes():
 def test_a_decoded_image_counts_the_bytes_pillow_holds(mode, per_pixel):
     from PIL import Image
 
-    from ui import state
+    from ui import caches as state
 
-    assert state._image_nbytes(Image.new(mode, (30, 20))) == 30 * 20 * per_pixel
+    assert state.image_nbytes(Image.new(mode, (30, 20))) == 30 * 20 * per_pixel

@@ -27,7 +27,7 @@ if str(REPO_ROOT) not in sys.path:
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from detr_core import MODELS  # noqa: E402
-from ui import state  # noqa: E402
+from ui import caches, state  # noqa: E402
 
 APP = str(REPO_ROOT / "app.py")
 TIMEOUT = 180  # seconds per script run: the first one loads the model on a busy 2-core CPU
@@ -97,7 +97,7 @@ def canary(tmp_path) -> Path:
     folder = tmp_path / "secret"
     folder.mkdir()
     path = folder / "canary.png"
-    path.write_bytes(state.scene_png(0))  # a valid image: reading it would "work" and go unnoticed
+    path.write_bytes(caches.scene_png(0))  # a valid image: reading it would "work" and go unnoticed
     return path
 
 
@@ -140,7 +140,7 @@ def test_the_recorder_sees_what_the_process_opens(tmp_path, canary):
 
 def traversal_to(target: Path) -> str:
     """`target` as a path relative to the samples folder (what `SAMPLES_DIR / name` would resolve)."""
-    return os.path.relpath(target, state.SAMPLES_DIR)
+    return os.path.relpath(target, caches.SAMPLES_DIR)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -166,9 +166,9 @@ def test_a_hostile_sample_parameter_opens_the_default_sample(tmp_path, canary, s
 
 def test_sample_bytes_refuses_any_name_that_is_not_a_listed_sample(canary):
     for name in ("../../etc/passwd", str(canary), traversal_to(canary), "README.md", ""):
-        with pytest.raises(state.DETRError, match="no sample photo"):
-            state.sample_bytes(name)
-    assert state.sample_bytes(DEFAULT_SAMPLE) == (state.SAMPLES_DIR / DEFAULT_SAMPLE).read_bytes()
+        with pytest.raises(caches.DETRError, match="no sample photo"):
+            caches.sample_bytes(name)
+    assert caches.sample_bytes(DEFAULT_SAMPLE) == (caches.SAMPLES_DIR / DEFAULT_SAMPLE).read_bytes()
 
 
 @pytest.mark.parametrize(
@@ -199,7 +199,7 @@ def test_absurd_numbers_and_names_in_the_url_fall_back_to_defaults(tmp_path, can
     ss = at.session_state
     assert 0.0 <= ss["w_threshold"] <= 1.0
     assert ss["w_source"] in state.SOURCE_LABELS
-    assert 0 <= ss["w_scene"] < state.SCENE_COUNT
+    assert 0 <= ss["w_scene"] < caches.SCENE_COUNT
     assert at.header and at.header[0].value in ("Detect", "Encoder attention", "Decoder attention", "Model", "Guide")
     for key, value in dict(at.query_params).items():  # what the URL now says is sane
         assert "passwd" not in value and "<" not in value and len(value) < 200, (key, value)
@@ -217,7 +217,7 @@ def test_an_upload_s_name_is_only_a_label(tmp_path, canary, name):
     _opened.clear()
     _recording.set()
     try:
-        at.file_uploader(key="w_upload").set_value((name, state.scene_png(2), "image/png")).run()
+        at.file_uploader(key="w_upload").set_value((name, caches.scene_png(2), "image/png")).run()
     finally:
         _recording.clear()
     check_files(tmp_path, [canary, Path("/etc/passwd")])

@@ -2,7 +2,7 @@
 only picks arguments, converts tensors to numpy/lists for display, and caches the heavier ones.
 
 Nothing here runs the model: everything reads the `Analysis` of the current view, except
-`ui.state.relevance_map` (on demand, cached)."""
+`ui.caches.relevance_map` (on demand, cached)."""
 
 from __future__ import annotations
 
