@@ -5,7 +5,7 @@ import streamlit as st
 
 from detr_core.analysis import stats
 from detr_core.io.render import draw_boxes
-from ui import compute, figures, state
+from ui import compute, figures, state, touch
 
 PLOT_KEY = "plot_decoder"
 PANELS = 12  # detections shown as panels at most (all are in the picker)
@@ -78,6 +78,7 @@ def render() -> None:
         fig = figures.detections_figure(
             view.display_image(), geometry, detections, clickable=True, highlight=query, height=420
         )
+        touch.hover_on_tap()
         st.plotly_chart(
             fig,
             key=PLOT_KEY,

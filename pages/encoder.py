@@ -4,7 +4,7 @@ at it), per layer and head, for up to four points side by side as in the DETR pa
 import streamlit as st
 
 from detr_core.io.render import color_of, draw_cell
-from ui import compute, figures, state
+from ui import compute, figures, state, touch
 
 PLOT_KEY = "plot_encoder"
 DIRECTIONS = {"looks": "where this location looks", "looked_at": "what looks at this location"}
@@ -92,6 +92,7 @@ def render() -> None:
         photo = view.display_image()
         marked = [(result.row, result.col, str(i + 1)) for i, result in enumerate(results)]
         fig = figures.clickable_cells_figure(photo, geometry, marked, height=460)
+        touch.hover_on_tap()
         st.plotly_chart(
             fig, key=PLOT_KEY, on_select=_on_click, selection_mode="points", theme=None,
             config={"displayModeBar": False},

@@ -383,3 +383,28 @@ def test_a_deep_link_lands_on_the_same_view(page, server, browser):
         assert time.monotonic() - started < WAIT_MS / 1000
     finally:
         other.close()
+
+
+def test_taps_on_the_encoder_photo_select_the_tapped_cell(browser, server):
+    """On a phone (touch emulation, 390 px wide) the FIRST tap selects the tapped cell, every tap."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.goto(server.url + "/encoder?scene=0")
+        expect(page.get_by_role("heading", name="Encoder attention", exact=True)).to_be_visible()
+        expect(page.get_by_text(re.compile(r"^Selected cell:"))).to_be_visible()
+        wait_idle(page)
+        g = geometry_of(scene_bytes(0))
+        seen = []
+        for fx, fy in ((0.3, 0.4), (0.8, 0.65), (0.15, 0.85)):
+            box = photo_box(page)
+            sx, sy = away_from_borders(g, box, fx, fy)
+            row, col = g.pixel_to_cell(*screen_to_image(box, sx, sy, g.orig_w, g.orig_h))
+            page.touchscreen.tap(sx, sy)
+            expect(page.get_by_text(re.compile(rf"^Selected cell: \({row}, {col}\)"))).to_be_visible(timeout=20_000)
+            wait_idle(page)
+            seen.append((row, col))
+        assert len(set(seen)) == 3
+    finally:
+        context.close()
