@@ -5,7 +5,7 @@ import streamlit as st
 
 from detr_core.analysis import stats
 from detr_core.io.render import draw_boxes
-from ui import compute, downloads, figures, state, touch
+from ui import compute, downloads, figures, state, touch, viewport
 
 PLOT_KEY = "plot_decoder"
 PANELS = 12  # detections shown as panels at most (all are in the picker)
@@ -44,6 +44,7 @@ def render() -> None:
         )
         return
     by_query = {d.query: d for d in detections}
+    main = viewport.main_width()
 
     st.caption(
         "Each detection comes from one object query. Its cross-attention (last decoder layer, mean over heads) "
@@ -86,7 +87,12 @@ def render() -> None:
             format_func=lambda q: f"query {q}: {by_query[q].class_name} ({by_query[q].score:.2f})",
         )  # fmt: skip
         fig = figures.detections_figure(
-            view.display_image(), geometry, detections, clickable=True, highlight=query, height=420
+            view.display_image(),
+            geometry,
+            detections,
+            clickable=True,
+            highlight=query,
+            height=figures.fitted_height(geometry.orig_w, geometry.orig_h, viewport.column_width(main, 0.5)),
         )
         touch.hover_on_tap()
         st.plotly_chart(

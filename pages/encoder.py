@@ -4,7 +4,7 @@ at it), per layer and head, for up to four points side by side as in the DETR pa
 import streamlit as st
 
 from detr_core.io.render import color_of, draw_cell
-from ui import compute, downloads, figures, state, touch
+from ui import compute, downloads, figures, state, touch, viewport
 
 PLOT_KEY = "plot_encoder"
 DIRECTIONS = {"looks": "where this location looks", "looked_at": "what looks at this location"}
@@ -57,6 +57,7 @@ def render() -> None:
     ss = st.session_state
     analysis, geometry = view.analysis, view.geometry
     facts = compute.encoder_facts(analysis)
+    main = viewport.main_width()
 
     c1, c3 = st.columns([1.6, 1])
     state.keep_valid("p_enc_direction", list(DIRECTIONS), "looks")
@@ -102,7 +103,8 @@ def render() -> None:
     with left:
         photo = view.display_image()
         marked = [(result.row, result.col, str(i + 1)) for i, result in enumerate(results)]
-        height = figures.fitted_height(geometry.orig_w, geometry.orig_h, 1000 if wide else 600)
+        width = main if wide else viewport.column_width(main, 1.25 / 2.25)
+        height = figures.fitted_height(geometry.orig_w, geometry.orig_h, width)
         fig = figures.clickable_cells_figure(photo, geometry, marked, height=height)
         touch.hover_on_tap()
         st.plotly_chart(
@@ -187,10 +189,12 @@ def _four_points(view, points, layer: str, map_head: str, wide: bool) -> None:
         pic = draw_cell(compute.heatmap_image(shown, tg), tg, result.row, result.col, color=color_of(i))
         tiles.append((pic, f"{i + 1} ({COLOUR_NAMES[i]}): cell ({result.row}, {result.col})"))
     photo_tile = (marked_photo, "the points' cells, outlined in their colours")
-    if wide:  # the photo on its own row, the maps two a row: each stays as tall as it is readable
+    if wide:  # the photo on its own row, the maps one or two a row: each stays tall enough to read
         st.image(photo_tile[0], caption=photo_tile[1], width="stretch")
-        for start in range(0, len(tiles), 2):
-            for col, (pic, caption) in zip(st.columns(2), tiles[start : start + 2], strict=False):
+        per_map_row = 1 if view.geometry.orig_w > 3 * view.geometry.orig_h else 2
+        for start in range(0, len(tiles), per_map_row):
+            cols = st.columns(per_map_row)
+            for col, (pic, caption) in zip(cols, tiles[start : start + per_map_row], strict=False):
                 col.image(pic, caption=caption, width="stretch")
         ordered, per_row = [photo_tile, *tiles], 1
     else:

@@ -543,7 +543,7 @@ def test_photo_figures_follow_the_images_aspect_ratio():
     assert figures.fitted_height(4000, 600, 1000) == 150
     assert figures.fitted_height(800, 600, 600) == 450
     assert figures.fitted_height(600, 4000, 600) == figures.MAX_HEIGHT
-    assert figures.fitted_height(10000, 100, 600) == figures.MIN_HEIGHT
+    assert figures.fitted_height(100000, 100, 600) == figures.MIN_HEIGHT
 
 
 def test_every_shown_figure_can_be_downloaded(scene):

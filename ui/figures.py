@@ -24,7 +24,7 @@ from detr_core.io.postprocess import Detection
 from detr_core.io.render import color_of
 
 PHOTO_HEIGHT = 520
-MIN_HEIGHT, MAX_HEIGHT = 140, 760  # px: a panorama is not a strip, a tall photo does not fill three screens
+MIN_HEIGHT, MAX_HEIGHT = 40, 760  # px: a tall photo does not fill three screens
 
 
 def fitted_height(orig_w: int, orig_h: int, width: int) -> int:
