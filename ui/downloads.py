@@ -64,6 +64,6 @@ def csv(array) -> str:
 
 def buttons(items: Sequence[tuple[str, object, str, str]], key: str) -> None:
     """One row of download buttons: (label, a callable giving the data, file name, mime type) each."""
-    cols = st.columns(len(items))
-    for col, (label, data, name, mime) in zip(cols, items, strict=True):
-        col.download_button(label, data=data, file_name=name, mime=mime, on_click="ignore", key=f"{key}_{name}")
+    with st.container(horizontal=True, gap="small"):  # wraps in a narrow column instead of cutting labels
+        for label, data, name, mime in items:
+            st.download_button(label, data=data, file_name=name, mime=mime, on_click="ignore", key=f"{key}_{name}")
