@@ -490,3 +490,27 @@ def test_a_panorama_fills_its_figure_at_desktop_and_phone_width(browser, server,
         assert _band(page) <= 24
     finally:
         context.close()
+
+
+def test_a_tap_on_a_boxs_centre_marker_picks_that_detection(browser, server, shapes_model, scene):
+    """The decoder's box picker under touch: the first tap picks the tapped detection."""
+    data = scene_bytes(scene)
+    g = geometry_of(data)
+    detections = expected_detections(shapes_model, data, default_threshold())
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.goto(server.url + f"/decoder?scene={scene}")
+        expect(page.get_by_text(f"Selected detection: query {detections[0].query}")).to_be_visible()
+        settle(page)
+        for target in (detections[-1], detections[0]):
+            box = photo_box(page)
+            cx, cy = (target.box[0] + target.box[2]) / 2, (target.box[1] + target.box[3]) / 2
+            page.touchscreen.tap(*image_to_screen(box, cx, cy, g.orig_w, g.orig_h))
+            expect(page.get_by_text(f"Selected detection: query {target.query} · {target.class_name}")).to_be_visible(
+                timeout=20_000
+            )
+            wait_idle(page)
+    finally:
+        context.close()
