@@ -5,7 +5,7 @@ import streamlit as st
 
 from detr_core.analysis import stats
 from detr_core.io.render import draw_boxes
-from ui import caches, compute, figures, frame, state, view
+from ui import caches, compute, downloads, figures, frame, state, touch, view, viewport
 
 PLOT_KEY = "plot_decoder"
 PANELS = 12  # detections shown as panels at most (all are in the picker)
@@ -59,6 +59,7 @@ def render() -> None:
         )
         return
     by_query = {d.query: d for d in detections}
+    main = viewport.main_width()
 
     st.caption(
         "Each detection comes from one object query. Its cross-attention (last decoder layer, mean over heads) "
@@ -67,16 +68,26 @@ def render() -> None:
     thumb = view.display_image(260)
     thumb_geometry = view.display_geometry(thumb)
     shown = detections[:PANELS]
+    tiles = []
     for start in range(0, len(shown), PER_ROW):
         cols = st.columns(PER_ROW)
         for col, det in zip(cols, shown[start : start + PER_ROW], strict=False):
             cross_map = compute.decoder_result(analysis, det.query, str(analysis.dec_layers), "mean")
             title = f"query id: {det.query} · {det.class_name}"
-            col.image(compute.heatmap_image(cross_map, thumb_geometry), caption=title, width="stretch")
+            heat = compute.heatmap_image(cross_map, thumb_geometry)
+            col.image(heat, caption=title, width="stretch")
             scaled = compute.scale_detection(det, thumb.width / geometry.orig_w)
-            col.image(draw_boxes(thumb, [scaled]), caption=f"{det.class_name}: {det.score:.2f}", width="stretch")
+            boxed = draw_boxes(thumb, [scaled])
+            col.image(boxed, caption=f"{det.class_name}: {det.score:.2f}", width="stretch")
+            tiles += [(heat, title), (boxed, f"{det.class_name}: {det.score:.2f}")]
     if len(detections) > PANELS:
         st.caption(f"{len(detections) - PANELS} more detections: pick them below.")
+    stem = (view.image_label.rsplit(".", 1)[0] or "image").replace(" ", "_")
+    st.download_button(
+        "Row of maps PNG", data=lambda: downloads.grid_png(tiles, 2 * min(len(shown), PER_ROW // 2) or 2),
+        file_name=f"{stem}_decoder_maps.png", mime="image/png", on_click="ignore", key="dec_row_png",
+    )  # fmt: skip
+    _all_relevance(view, detections, thumb, thumb_geometry, stem)
 
     st.divider()
     query = ss.get("dec_query")
@@ -91,8 +102,14 @@ def render() -> None:
             format_func=lambda q: f"query {q}: {by_query[q].class_name} ({by_query[q].score:.2f})",
         )  # fmt: skip
         fig = figures.detections_figure(
-            view.display_image(), geometry, detections, clickable=True, highlight=query, height=420
+            view.display_image(),
+            geometry,
+            detections,
+            clickable=True,
+            highlight=query,
+            height=figures.fitted_height(geometry.orig_w, geometry.orig_h, viewport.column_width(main, 0.5)),
         )
+        touch.hover_on_tap()
         st.plotly_chart(
             fig,
             key=PLOT_KEY,
@@ -129,8 +146,17 @@ def render() -> None:
         small = view.display_image(520)
         small_geometry = view.display_geometry(small)
         scaled = compute.scale_detection(det, small.width / geometry.orig_w)
-        st.image(
-            draw_boxes(compute.overlay_image(small, amap, small_geometry), [scaled]), caption=title, width="stretch"
+        big = draw_boxes(compute.overlay_image(small, amap, small_geometry), [scaled])
+        st.image(big, caption=title, width="stretch")
+        what = "relevance" if relevance else f"cross-attention_layer-{layer}_head-{head}"
+        name = f"{stem}_query{query}_{what}"
+        downloads.buttons(
+            [
+                ("Overlay PNG", lambda: downloads.png(big), f"{name}.png", "image/png"),
+                ("Map .npy", lambda: downloads.npy(amap), f"{name}.npy", "application/octet-stream"),
+                ("Map CSV", lambda: downloads.csv(amap), f"{name}.csv", "text/csv"),
+            ],
+            key="dec_current",
         )
         box_stats = stats.map_stats(amap, geometry, det.box)
         m1, m2, m3 = st.columns(3)
@@ -141,6 +167,56 @@ def render() -> None:
         m3.metric("entropy", f"{box_stats.entropy:.3f}", help="Normalized: 1 = spread evenly, 0 = one cell.")
         x0, y0, x1, y1 = det.box
         st.caption(f"{box_stats.ratio:.1f}x chance · box ({x0:.0f}, {y0:.0f}) - ({x1:.0f}, {y1:.0f})")
+
+
+ALL_KEY = "dec_all_relevance_for"  # the view key whose "all detections" relevance was asked for
+
+
+@frame.safe_callback
+def _ask_all_relevance() -> None:
+    view = state.current_view()
+    if view is not None and view.analysis is not None:
+        st.session_state[ALL_KEY] = view.key
+
+
+def _all_relevance(view, detections, thumb, thumb_geometry, stem: str) -> None:
+    """Chefer et al.'s relevance for every detection side by side: computed on demand (a button), once per
+    image (each map cached per query by `caches.relevance_map`), with progress."""
+    analysis = view.analysis
+    with st.expander(
+        "Relevance for every detection (Chefer et al.)", expanded=st.session_state.get(ALL_KEY) == view.key
+    ):
+        refusal = caches.relevance_refusal(analysis)
+        if refusal:
+            st.info(refusal)
+            return
+        if st.session_state.get(ALL_KEY) != view.key:
+            st.caption(
+                f"One forward and backward pass per detection ({len(detections)} here), computed once for this image."
+            )
+            st.button("Compute relevance for every detection", on_click=_ask_all_relevance, key="dec_all_button")
+            return
+        bar = st.progress(0.0, text="Relevance...")
+        maps = []
+        for i, det in enumerate(detections):
+            bar.progress(i / len(detections), text=f"Relevance of query {det.query} ({i + 1} of {len(detections)})...")
+            maps.append(caches.relevance_map(view.key, det.query, view.image))
+        bar.empty()
+        tiles = []
+        for start in range(0, len(detections), PER_ROW):
+            cols = st.columns(PER_ROW)
+            for col, det, amap in zip(
+                cols, detections[start : start + PER_ROW], maps[start : start + PER_ROW], strict=False
+            ):
+                scaled = compute.scale_detection(det, thumb.width / view.geometry.orig_w)
+                pic = draw_boxes(compute.overlay_image(thumb, amap, thumb_geometry), [scaled])
+                caption = f"relevance · query {det.query} · {det.class_name}"
+                col.image(pic, caption=caption, width="stretch")
+                tiles.append((pic, caption))
+        st.download_button(
+            "Relevance maps PNG", data=lambda: downloads.grid_png(tiles, min(len(tiles), PER_ROW)),
+            file_name=f"{stem}_relevance_all.png", mime="image/png", on_click="ignore", key="dec_all_png",
+        )  # fmt: skip
 
 
 frame.page_main(render, "the Decoder attention page")

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import compute, figures, frame, state
+from ui import compute, figures, frame, state, viewport
 from ui import view as url_view
 
 
@@ -58,7 +58,8 @@ def render() -> None:
         shown = [d for d in detections if d.class_name in picked]
 
     image = view.display_image()
-    fig = figures.detections_figure(image, view.geometry, shown)
+    height = figures.fitted_height(view.geometry.orig_w, view.geometry.orig_h, viewport.main_width())
+    fig = figures.detections_figure(image, view.geometry, shown, height=height)
     st.plotly_chart(fig, key="plot_detect", theme=None, config={"displayModeBar": False})
 
     if not detections:

@@ -4,12 +4,13 @@ at it), per layer and head, for up to four points side by side as in the DETR pa
 import streamlit as st
 
 from detr_core.io.render import color_of, draw_cell
-from ui import compute, figures, frame, state, view
+from ui import compute, downloads, figures, frame, state, touch, view, viewport
 
 PLOT_KEY = "plot_encoder"
 DIRECTIONS = {"looks": "where this location looks", "looked_at": "what looks at this location"}
 COLOUR_NAMES = ("blue", "orange", "yellow", "purple")
 GRID = "all heads (grid)"
+FOUR_KEY = "p_enc_four_direction"  # the four-point figure's own direction (default: the notebook's)
 
 
 def parse_points(text: str) -> list[tuple[float, float]]:
@@ -50,6 +51,7 @@ view.field("pts", key="enc_points", parse=parse_points, fmt=format_points, page=
 view.field("enc_dir", key="p_enc_direction", parse=view.choice(list(DIRECTIONS)), page="encoder")
 view.field("enc_layer", key="p_enc_layer", parse=_layer, page="encoder")
 view.field("enc_head", key="p_enc_head", parse=_head, fmt=lambda h: "grid" if h == GRID else h, page="encoder")
+view.field("four_dir", key=FOUR_KEY, parse=view.choice(list(DIRECTIONS)), page="encoder")
 
 
 def _points(view) -> list[tuple[float, float]]:
@@ -84,6 +86,10 @@ def _reset_points() -> None:
     st.session_state["enc_points"] = None
 
 
+def _stem(view) -> str:
+    return (view.image_label.rsplit(".", 1)[0] or "image").replace(" ", "_")
+
+
 def render() -> None:
     st.header("Encoder attention")
     view = state.require_analysis()
@@ -92,19 +98,24 @@ def render() -> None:
     ss = st.session_state
     analysis, geometry = view.analysis, view.geometry
     facts = compute.encoder_facts(analysis)
+    main = viewport.main_width()
 
-    c1, c2, c3 = st.columns([1.2, 1.6, 1])
+    c1, c3 = st.columns([1.6, 1])
     state.keep_valid("p_enc_direction", list(DIRECTIONS), "looks")
-    direction = c1.radio("Direction", list(DIRECTIONS), format_func=DIRECTIONS.get, key="p_enc_direction")
+    direction = c1.radio(
+        "Direction", list(DIRECTIONS), format_func=DIRECTIONS.get, key="p_enc_direction", horizontal=True
+    )
     layers = compute.layer_options(analysis.enc_layers, ("mean", "rollout"))
     state.keep_valid("p_enc_layer", layers, str(analysis.enc_layers))
     ss.setdefault("p_enc_layer", str(analysis.enc_layers))
-    layer = c2.select_slider(
+    layer = st.segmented_control(
         "Encoder layer",
         layers,
         key="p_enc_layer",
+        required=True,
         help="1 = first layer; mean over layers; rollout chains the layers (heads averaged).",
     )
+    layer = layer or str(analysis.enc_layers)
     heads = compute.head_options(analysis.nheads, grid=True)
     state.keep_valid("p_enc_head", heads, "mean")
     head = c3.selectbox(
@@ -126,63 +137,118 @@ def render() -> None:
     points = _points(view)
     results = [compute.encoder_result(analysis, x, y, layer, map_head, direction) for x, y in points]
     current = results[-1]
+    current_color = color_of(len(results) - 1)
+    wide = geometry.orig_w > 1.6 * geometry.orig_h  # a panorama: the photo and its maps one above the other
 
-    left, right = st.columns([1.25, 1])
+    left, right = st.columns([1.25, 1]) if not wide else (st.container(), st.container())
     with left:
         photo = view.display_image()
         marked = [(result.row, result.col, str(i + 1)) for i, result in enumerate(results)]
-        fig = figures.clickable_cells_figure(photo, geometry, marked, height=460)
+        width = main if wide else viewport.column_width(main, 1.25 / 2.25)
+        height = figures.fitted_height(geometry.orig_w, geometry.orig_h, width)
+        fig = figures.clickable_cells_figure(photo, geometry, marked, height=height)
+        touch.hover_on_tap()
         st.plotly_chart(
             fig, key=PLOT_KEY, on_select=_on_click, selection_mode="points", theme=None,
             config={"displayModeBar": False},
         )  # fmt: skip
-        st.caption("Click anywhere on the photo to add that feature cell (the last four clicks are kept).")
+        st.caption("Click (or tap) anywhere on the photo to add that feature cell (the last four are kept).")
         st.button("Reset to the notebook's reference points", on_click=_reset_points)
     with right:
         st.markdown(
             f"Selected cell: **({current.row}, {current.col})** · token {current.token} · "
             f"pixel ({current.x:.0f}, {current.y:.0f}) · {DIRECTIONS[direction]} · layer {layer} · head {map_head}"
         )
-        small = view.display_image(440)
+        small = view.display_image(440 if not wide else 900)
         dg = view.display_geometry(small)
-        st.image(
-            compute.heatmap_image(current.map, dg),
-            caption=f"map of cell ({current.row}, {current.col})",
-            width="stretch",
+        shown, own_share = compute.display_map(current, layer)
+        heat = draw_cell(compute.heatmap_image(shown, dg), dg, current.row, current.col, color=current_color)
+        overlay = compute.overlay_image(small, shown, dg)
+        overlay = draw_cell(overlay, dg, current.row, current.col, color=current_color)
+        note = (
+            f" · the cell's own share ({100 * own_share:.0f}% of the rollout, its identity term) is left out of "
+            "the colour scale: it shows in the brightest colour"
+            if own_share is not None
+            else ""
         )
-        overlay = compute.overlay_image(small, current.map, dg)
-        overlay = draw_cell(overlay, dg, current.row, current.col, color=color_of(len(results) - 1))
-        st.image(overlay, caption="as an overlay, the cell outlined", width="stretch")
+        pics = st.columns(2) if wide else (st.container(), st.container())
+        pics[0].image(
+            heat, caption=f"map of cell ({current.row}, {current.col}), the cell outlined{note}", width="stretch"
+        )
+        pics[1].image(overlay, caption="as an overlay, the cell outlined", width="stretch")
+        stem = f"{_stem(view)}_encoder_cell{current.row}-{current.col}_layer-{layer}_head-{map_head}_{direction}"
+        exact = current.map
+        downloads.buttons(
+            [
+                ("Map PNG", lambda: downloads.png(heat), f"{stem}_map.png", "image/png"),
+                ("Overlay PNG", lambda: downloads.png(overlay), f"{stem}_overlay.png", "image/png"),
+                ("Map .npy", lambda: downloads.npy(exact), f"{stem}.npy", "application/octet-stream"),
+                ("Map CSV", lambda: downloads.csv(exact), f"{stem}.csv", "text/csv"),
+            ],
+            key="enc_current",
+        )
+        st.caption(
+            "The .npy and CSV hold the exact map over the feature cells (rows x columns), not the display scale."
+        )
 
     if head == GRID and layer != "rollout":
         st.subheader(f"Every head of layer {layer} at cell ({current.row}, {current.col})")
-        thumb = view.display_image(240)
+        thumb = view.display_image(360)
         tg = view.display_geometry(thumb)
-        per_row = 4
+        per_row = 2 if wide else 4
         for start in range(0, analysis.nheads, per_row):
             cols = st.columns(per_row)
             for col, head_index in zip(cols, range(start, min(start + per_row, analysis.nheads)), strict=False):
                 result = compute.encoder_result(analysis, current.x, current.y, layer, str(head_index + 1), direction)
-                col.image(compute.heatmap_image(result.map, tg), caption=f"head {head_index + 1}", width="stretch")
+                pic = draw_cell(compute.heatmap_image(result.map, tg), tg, result.row, result.col, color=current_color)
+                col.image(pic, caption=f"head {head_index + 1}", width="stretch")
 
+    _four_points(view, points, layer, map_head, wide)
+
+
+def _four_points(view, points, layer: str, map_head: str, wide: bool) -> None:
+    """The paper's figure: the photo with the points, and each point's map, in the figure's own direction."""
+    analysis = view.analysis
     st.subheader("Four points, as in the paper's figure")
-    thumb = view.display_image(320)
+    state.keep_valid(FOUR_KEY, list(DIRECTIONS), "looked_at")
+    st.session_state.setdefault(FOUR_KEY, "looked_at")
+    direction = st.radio(
+        "Direction of this figure", list(DIRECTIONS), format_func=DIRECTIONS.get, key=FOUR_KEY, horizontal=True,
+        help="The notebook's figure reads sattn[..., y, x]: what looks at each point. The view above has its own.",
+    )  # fmt: skip
+    results = [compute.encoder_result(analysis, x, y, layer, map_head, direction) for x, y in points]
+    default = " (the notebook's: `sattn[..., y, x]`)" if direction == "looked_at" else ""
+    st.caption(f"{DIRECTIONS[direction]}{default} · layer {layer} · head {map_head} · each point's cell outlined")
+    thumb = view.display_image(320 if not wide else 900)
     tg = view.display_geometry(thumb)
     marked_photo = thumb
     for i, result in enumerate(results):
         marked_photo = draw_cell(marked_photo, tg, result.row, result.col, color=color_of(i))
-    slots = st.columns([1, 1, 2, 1, 1]) if len(results) > 1 else st.columns([2, 1])
-    order = [0, 1, None, 2, 3] if len(results) > 1 else [None, 0]
-    for col, idx in zip(slots, order, strict=True):
-        if idx is None:
-            col.image(marked_photo, caption="the points' cells, outlined in their colours", width="stretch")
-        elif idx < len(results):
-            result = results[idx]
-            col.image(
-                compute.heatmap_image(result.map, tg),
-                width="stretch",
-                caption=f"{idx + 1} ({COLOUR_NAMES[idx]}): cell ({result.row}, {result.col})",
-            )
+    tiles = []
+    for i, result in enumerate(results):
+        shown, _ = compute.display_map(result, layer)
+        pic = draw_cell(compute.heatmap_image(shown, tg), tg, result.row, result.col, color=color_of(i))
+        tiles.append((pic, f"{i + 1} ({COLOUR_NAMES[i]}): cell ({result.row}, {result.col})"))
+    photo_tile = (marked_photo, "the points' cells, outlined in their colours")
+    if wide:  # the photo on its own row, the maps one or two a row: each stays tall enough to read
+        st.image(photo_tile[0], caption=photo_tile[1], width="stretch")
+        per_map_row = 1 if view.geometry.orig_w > 3 * view.geometry.orig_h else 2
+        for start in range(0, len(tiles), per_map_row):
+            cols = st.columns(per_map_row)
+            for col, (pic, caption) in zip(cols, tiles[start : start + per_map_row], strict=False):
+                col.image(pic, caption=caption, width="stretch")
+        ordered, per_row = [photo_tile, *tiles], 1
+    else:
+        slots = st.columns([1, 1, 2, 1, 1]) if len(tiles) > 1 else st.columns([2, 1])
+        ordered = [*tiles[:2], photo_tile, *tiles[2:]] if len(tiles) > 1 else [photo_tile, *tiles]
+        for col, (pic, caption) in zip(slots, ordered, strict=False):
+            col.image(pic, caption=caption, width="stretch")
+        per_row = len(ordered)
+    stem = f"{_stem(view)}_encoder_four_points_layer-{layer}_head-{map_head}_{direction}"
+    st.download_button(
+        "Figure PNG", data=lambda: downloads.grid_png(ordered, per_row), file_name=f"{stem}.png",
+        mime="image/png", on_click="ignore", key="enc_four_png",
+    )  # fmt: skip
 
 
 frame.page_main(render, "the Encoder attention page")

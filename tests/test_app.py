@@ -13,6 +13,7 @@ import sys
 import urllib.error
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -156,7 +157,7 @@ def test_pages_sliders_and_picks_never_rerun_the_model():
     for page in ("encoder", "decoder", "model", "guide", "detect", "encoder"):
         switch(at, page)
         no_problems(at)
-    at.select_slider(key="p_enc_layer").set_value("1").run()
+    at.segmented_control(key="p_enc_layer").set_value("1").run()
     at.radio(key="p_enc_direction").set_value("looked_at").run()
     at.slider(key="w_threshold").set_value(0.5).run()
     switch(at, "decoder")
@@ -180,19 +181,19 @@ def test_encoder_page_shows_the_feature_map_facts_and_the_reference_points(scene
     assert f"tokens: {g.feat_h} x {g.feat_w} = {g.tokens}" in text
     assert f"self-attention reshaped: `[{g.feat_h}, {g.feat_w}, {g.feat_h}, {g.feat_w}]`" in text
     assert f"stride: {g.stride} px" in text
-    # the newest of the notebook's reference points, (y, x) = (440, 800) at 800 px, scaled to 128 px
-    row, col = g.pixel_to_cell(*g.to_original(min(800 * 0.16, g.input_w - 1), min(440 * 0.16, g.input_h - 1)))
+    # the newest of the notebook's reference points, (y, x) = (440, 800) in its 1066 x 800 input, scaled
+    row, col = g.pixel_to_cell(*g.to_original(800 * g.input_w / 1066, 440 * g.input_h / 800))
     assert f"Selected cell: **({row}, {col})**" in text
     assert len(at.get("plotly_chart")) >= 1
 
 
 def test_encoder_controls_cover_layers_rollout_and_every_head(scene):
     at = switch(new_app(scene=str(scene)), "encoder")
-    assert at.select_slider(key="p_enc_layer").options == ["1", "2", "3", "mean", "rollout"]
-    at.select_slider(key="p_enc_layer").set_value("rollout").run()
+    assert at.segmented_control(key="p_enc_layer").options == ["1", "2", "3", "mean", "rollout"]
+    at.segmented_control(key="p_enc_layer").set_value("rollout").run()
     no_problems(at)
     assert at.selectbox(key="p_enc_head").disabled
-    at.select_slider(key="p_enc_layer").set_value("2").run()
+    at.segmented_control(key="p_enc_layer").set_value("2").run()
     at.selectbox(key="p_enc_head").set_value("all heads (grid)").run()
     no_problems(at)
     assert any(s.startswith("Every head of layer 2") for s in texts(at.subheader))
@@ -473,7 +474,8 @@ def test_a_download_reports_progress_and_a_failed_one_falls_back(monkeypatch, sc
 NON_DEFAULT = {
     "detect": {"model": "detr_shapes", "src": "scene", "scene": "7", "thr": "0.55", "min": "96", "max": "640"},
     "sample": {"src": "sample", "sample": "chelsea.png", "thr": "0.30"},
-    "encoder": {"enc_dir": "looked_at", "enc_layer": "rollout", "enc_head": "3", "pts": "20,100;60,30"},
+    "encoder": {"enc_dir": "looked_at", "enc_layer": "rollout", "enc_head": "3", "pts": "20,100;60,30",
+                "four_dir": "looks"},
     "encoder-grid": {"enc_layer": "mean", "enc_head": "grid"},
     "decoder": {"dec_mode": "relevance", "dec_layer": "1", "dec_head": "2", "thr": "0.00", "q": "5"},
 }
@@ -646,3 +648,154 @@ def test_messages_for_visitors_name_no_server_folder_and_stay_short():
     assert "alice" not in text and "bob" not in text and ".cache" not in text
     assert text.startswith("put x.pth in …/checkpoints") and len(text.splitlines()) == 3
     assert visitor_text("from https://dl.fbaipublicfiles.com/detr/x.pth") == "from https://dl.fbaipublicfiles.com/detr/x.pth"
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 13, items 7-10, downloads and "all detections"
+
+
+def test_encoder_layer_options_are_visible_rollout_is_legible_and_the_cell_outlined_on_every_map(scene):
+    """Item 7: a segmented control shows 1..N, mean and rollout at once; the rollout map leaves the
+    cell's own (identity) share out of its colour scale and says so; the cell is outlined on the map."""
+    at = switch(new_app(scene=str(scene)), "encoder")
+    control = at.segmented_control(key="p_enc_layer")
+    assert control.options == ["1", "2", "3", "mean", "rollout"] and control.value == "3"
+    captions = [c for img in at.image for c in img.captions]
+    assert any(c.startswith("map of cell") and "the cell outlined" in c for c in captions)
+    control.set_value("rollout").run()
+    no_problems(at)
+    captions = [c for img in at.image for c in img.captions]
+    assert any(c.startswith("map of cell") and "left out of the colour scale" in c for c in captions)
+
+
+def test_rollout_display_leaves_the_own_cell_out_of_the_colour_scale_and_keeps_the_exact_map(shapes_model, scene):
+    from detr_core.analysis.pipeline import analyze
+    from ui import compute
+
+    analysis = analyze(shapes_model, caches.scene_png(scene), "detr_shapes")
+    g = analysis.geometry
+    result = compute.encoder_result(analysis, g.orig_w / 2, g.orig_h / 2, "rollout", "mean", "looks")
+    shown, share = compute.display_map(result, "rollout")
+    others = np.delete(result.map.reshape(-1), result.row * g.feat_w + result.col)
+    assert result.map[result.row, result.col] > others.max()  # the identity term dominates
+    assert shown[result.row, result.col] == pytest.approx(others.max())
+    assert np.array_equal(np.delete(shown.reshape(-1), result.row * g.feat_w + result.col), others)
+    assert 0 < share < 1
+    plain = compute.encoder_result(analysis, g.orig_w / 2, g.orig_h / 2, "2", "mean", "looks")
+    assert compute.display_map(plain, "2") == (plain.map, None)
+
+
+@pytest.mark.parametrize(
+    ("orig_w", "orig_h", "in_w", "in_h"),
+    [(1066, 800, 1066, 800), (640, 480, 1066, 800), (4000, 600, 1333, 200), (256, 256, 128, 128)],
+)
+def test_reference_points_are_the_notebooks_at_its_size_and_scale_with_the_input(orig_w, orig_h, in_w, in_h):
+    """Item 8: (y, x) = (200, 200), (280, 400), (200, 600), (440, 800) in the notebook's 1066 x 800 input,
+    the same share of the width and height for every other input (a panorama's spread over its width)."""
+    from ui import compute
+
+    g = Geometry(orig_h, orig_w, in_h, in_w, -(-in_h // 32), -(-in_w // 32), 32)
+    points = compute.reference_points(g)
+    for (x, y), (ny, nx) in zip(points, ((200, 200), (280, 400), (200, 600), (440, 800)), strict=True):
+        assert x == pytest.approx(nx / 1066 * orig_w, abs=1e-6) and y == pytest.approx(ny / 800 * orig_h, abs=1e-6)
+    if (in_w, in_h) == (1066, 800):
+        assert [g.to_input(x, y) for x, y in points] == pytest.approx([(200, 200), (400, 280), (600, 200), (800, 440)])
+
+
+def test_the_four_point_figure_defaults_to_the_notebooks_direction_and_says_so(scene):
+    """Item 8: the figure reads sattn[..., y, x] (what looks at each point) unless changed; the click view
+    keeps "where this location looks"."""
+    at = switch(new_app(scene=str(scene)), "encoder")
+    no_problems(at)
+    assert at.radio(key="p_enc_direction").value == "looks"
+    assert at.radio(key="p_enc_four_direction").value == "looked_at"
+    assert any("sattn[..., y, x]" in c for c in texts(at.caption))
+    at.radio(key="p_enc_four_direction").set_value("looks").run()
+    no_problems(at)
+    assert not any("sattn[..., y, x]" in c for c in texts(at.caption))
+
+
+def test_detection_boxes_hover_anywhere_inside_and_keep_their_colour_whatever_the_filter(shapes_model, scene):
+    """Item 9: each box is a filled shape whose hover (class, score, box) works inside it; its colour is
+    its query's, the same with or without the other detections."""
+    from ui import figures
+
+    data = caches.scene_png(scene)
+    dets = expected_detections(shapes_model, scene, SHAPES.default_threshold)
+    g = scene_geometry(scene)
+    image = load_image(data)
+
+    def boxes(fig):
+        return {t.name: t for t in fig.data if t.fill == "toself"}
+
+    full = boxes(figures.detections_figure(image, g, dets))
+    for det in dets:
+        trace = full[f"{det.class_name} (query {det.query})"]
+        assert trace.hoveron == "fills" and det.class_name in trace.text and f"{det.score:.3f}" in trace.text
+        alone = boxes(figures.detections_figure(image, g, [det]))[trace.name]
+        assert alone.line.color == trace.line.color == figures.rgb(det.query)
+
+
+def test_photo_figures_follow_the_images_aspect_ratio():
+    """Item 10: a 4000 x 600 panorama gets a low figure (no wide bands), a tall photo a capped one."""
+    from ui import figures
+
+    assert figures.fitted_height(4000, 600, 1000) == 150
+    assert figures.fitted_height(800, 600, 600) == 450
+    assert figures.fitted_height(600, 4000, 600) == figures.MAX_HEIGHT
+    assert figures.fitted_height(100000, 100, 600) == figures.MIN_HEIGHT
+
+
+def test_every_shown_figure_can_be_downloaded(scene):
+    at = switch(new_app(scene=str(scene)), "encoder")
+    no_problems(at)
+    labels = [b.label for b in at.download_button]
+    assert labels == ["Map PNG", "Overlay PNG", "Map .npy", "Map CSV", "Figure PNG"]
+    switch(at, "decoder")
+    no_problems(at)
+    labels = [b.label for b in at.download_button]
+    assert labels[:4] == ["Row of maps PNG", "Overlay PNG", "Map .npy", "Map CSV"]
+
+
+def test_raw_map_downloads_hold_the_exact_map():
+    import io
+
+    from ui import downloads
+
+    m = np.random.default_rng(0).random((5, 7)).astype(np.float32)
+    assert np.array_equal(np.load(io.BytesIO(downloads.npy(m))), m)
+    back = np.array([[float(v) for v in line.split(",")] for line in downloads.csv(m).splitlines()], np.float32)
+    assert np.array_equal(back, m)
+    from PIL import Image
+
+    tiles = [(Image.new("RGB", (40, 30), "red"), "a"), (Image.new("RGB", (20, 50), "blue"), "b")]
+    assert Image.open(io.BytesIO(downloads.grid_png(tiles, 2))).size[0] > 80
+
+
+def test_relevance_for_every_detection_is_computed_once_on_demand(shapes_model, scene):
+    at = switch(new_app(scene=str(scene)), "decoder")
+    no_problems(at)
+    dets = expected_detections(shapes_model, scene, at.slider(key="w_threshold").value)
+    before = caches.relevance_runs()
+    assert not any(c.startswith("relevance · query") for img in at.image for c in img.captions)
+    at.button(key="dec_all_button").click().run()
+    no_problems(at)
+    captions = [c for img in at.image for c in img.captions]
+    assert [c for c in captions if c.startswith("relevance · query")] == [
+        f"relevance · query {d.query} · {d.class_name}" for d in dets
+    ]
+    done = caches.relevance_runs()
+    assert before <= done <= before + len(dets)
+    switch(at, "guide")
+    switch(at, "decoder")
+    assert any(c.startswith("relevance · query") for img in at.image for c in img.captions)
+    assert caches.relevance_runs() == done
+
+
+def test_relevance_for_every_detection_respects_the_servers_limit(scene, monkeypatch):
+    at = switch(new_app(scene=str(scene)), "decoder")
+    monkeypatch.setattr(caches, "RELEVANCE_MAX_TOKENS", 10)
+    at.run()
+    no_problems(at)
+    assert any("Relevance is not offered at this size" in i.value for i in at.info)
+    assert not [b for b in at.button if b.key == "dec_all_button"]

@@ -82,20 +82,44 @@ def encoder_facts(analysis: Analysis) -> EncoderFacts:
     )
 
 
-def reference_points(geometry: Geometry, min_size: int) -> list[tuple[float, float]]:
+NOTEBOOK_INPUT = (1066, 800)  # (w, h): the official notebook's 640x480 photo resized to an 800 px shorter side
+NOTEBOOK_POINTS = ((200, 200), (280, 400), (200, 600), (440, 800))  # its (y, x), in that input's pixels
+
+
+def reference_points(geometry: Geometry, min_size: int | None = None) -> list[tuple[float, float]]:
     """The notebook's four reference points (y, x) = (200, 200), (280, 400), (200, 600), (440, 800).
 
-    They are positions in the RESIZED input of the official 800 px setting; a model with a smaller
-    input (detr_shapes: 128 px) gets them scaled by min_size / 800. Converted to original pixels
-    with `geometry.to_original` and clamped inside the image. Returns [(x, y), ...].
+    They are positions in the notebook's 1066 x 800 input: an input of exactly that size gets them
+    unchanged; any other input gets them scaled with it (x by input_w / 1066, y by input_h / 800), so
+    they keep their place in the picture (a panorama's spread over its width, a 128 px detr_shapes
+    input's too). Converted to original pixels with `geometry.to_original` and clamped inside the
+    image. Returns [(x, y), ...]. (`min_size` is not needed any more; kept for old callers.)
     """
-    scale = min(1.0, min_size / 800)
+    base_w, base_h = NOTEBOOK_INPUT
     out = []
-    for yi, xi in ((200, 200), (280, 400), (200, 600), (440, 800)):
-        xi, yi = min(xi * scale, geometry.input_w - 1), min(yi * scale, geometry.input_h - 1)
-        x, y = geometry.to_original(xi, yi)
-        out.append((min(max(x, 0.0), geometry.orig_w - 1.0), min(max(y, 0.0), geometry.orig_h - 1.0)))
+    for yi, xi in NOTEBOOK_POINTS:
+        xi = min(xi * geometry.input_w / base_w, geometry.input_w - 1)
+        yi = min(yi * geometry.input_h / base_h, geometry.input_h - 1)
+        out.append(clamp_point(geometry, *geometry.to_original(xi, yi)))
     return out
+
+
+def display_map(result: EncoderResult, layer: str) -> tuple[np.ndarray, float | None]:
+    """The map as it is coloured, and the share left out of the colour scale (or None).
+
+    Rollout chains (A + I) / 2 through the layers, so the identity term puts most of the mass on
+    the cell itself and every other cell looks black. For display only, the cell's own value is
+    lowered to the largest of the other cells (it shows in the brightest colour, outlined), so the
+    colour scale spans the others. The exact map (downloads, statistics) is `result.map`.
+    """
+    if layer != "rollout" or result.map.size < 2:
+        return result.map, None
+    shown = np.array(result.map, dtype=np.float32, copy=True)
+    own = float(shown[result.row, result.col])
+    others = np.delete(shown.reshape(-1), result.row * shown.shape[1] + result.col)
+    shown[result.row, result.col] = min(own, float(others.max()))
+    total = float(result.map.sum())
+    return shown, (own / total if total > 0 else None)
 
 
 def clamp_point(geometry: Geometry, x: float, y: float) -> tuple[float, float]:

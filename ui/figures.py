@@ -24,6 +24,13 @@ from detr_core.io.postprocess import Detection
 from detr_core.io.render import color_of
 
 PHOTO_HEIGHT = 520
+MIN_HEIGHT, MAX_HEIGHT = 40, 760  # px: a tall photo does not fill three screens
+
+
+def fitted_height(orig_w: int, orig_h: int, width: int) -> int:
+    """The height (px) at which a photo shown `width` px wide fills its figure: the figure follows the
+    image's aspect ratio (no wide empty bands around a panorama), within [MIN_HEIGHT, MAX_HEIGHT]."""
+    return int(min(max(round(width * orig_h / max(orig_w, 1)), MIN_HEIGHT), MAX_HEIGHT))
 
 
 def _data_uri(image: Image.Image) -> str:
@@ -134,22 +141,23 @@ def detections_figure(
 ) -> go.Figure:  # fmt: skip
     """The photo with each detection's box in its query's colour (as `render.draw_boxes`) and a label.
 
-    Hovering a box shows class, score, query and box. With `clickable`, a marker at each box's
+    Hovering anywhere inside a box shows class, score, query and box. With `clickable`, a marker at each box's
     centre carries the query (customdata) so a click picks the detection.
     """
     fig = photo_figure(image, geometry.orig_w, geometry.orig_h, height)
-    for det in detections:
-        i = det.query  # the colour index
+    # smallest box first: inside nested boxes the hover (equal distance for every fill) names the inner one
+    for det in sorted(detections, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1])):
+        i = det.query  # the colour index: one colour per detection (its query), whatever is filtered out
         xs, ys = _box_path(det.box)
         width = 4 if highlight == det.query else 2
         x0, y0 = det.box[:2]
-        # with `clickable`, the centre markers below carry the hover text and the clicks
+        # Hover anywhere inside the box: Plotly's fill hover shows the trace's scalar `text` (never its
+        # hovertemplate). With `clickable`, the centre markers below carry the hover text and the clicks.
         box_hover = (
-            dict(hoverinfo="skip") if clickable
-            else dict(hoveron="fills+points", hovertemplate=_hover_text(det) + "<extra></extra>")
-        )  # fmt: skip
+            dict(hoverinfo="skip") if clickable else dict(hoveron="fills", text=_hover_text(det), hoverinfo="text")
+        )
         fig.add_trace(go.Scatter(
-            x=xs, y=ys, mode="lines", fill="toself", fillcolor=rgb(i, 0.06 if clickable else 0.0),
+            x=xs, y=ys, mode="lines", fill="toself", fillcolor=rgb(i, 0.06 if clickable else 0.02),
             line=dict(color=rgb(i), width=width), name=f"{det.class_name} (query {det.query})", **box_hover,
         ))  # fmt: skip
         fig.add_annotation(

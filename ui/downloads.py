@@ -1,0 +1,69 @@
+"""Downloads of what the pages show: pictures as PNG (one picture, or several tiles with their
+captions composed into one figure), raw maps as .npy and CSV.
+
+Every builder is cheap to call and meant to be handed to `st.download_button` inside a lambda
+(`data=lambda: ...`, `on_click="ignore"`): the bytes are made only when someone downloads.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+import streamlit as st
+from PIL import Image, ImageDraw, ImageFont
+
+PAD = 12  # px between tiles and around the figure
+CAPTION_PX = 16  # caption font size
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def grid_png(tiles: Sequence[tuple[Image.Image, str]], per_row: int) -> bytes:
+    """Tiles (picture, caption) left to right, `per_row` a row, each caption under its picture, on white."""
+    if not tiles:
+        raise ValueError("no tiles")
+    font = ImageFont.load_default(size=CAPTION_PX)
+    per_row = max(1, min(per_row, len(tiles)))
+    rows = [tiles[i : i + per_row] for i in range(0, len(tiles), per_row)]
+    col_w = max(t.width for t, _ in tiles)
+    line_h = CAPTION_PX + 8
+    row_hs = [max(t.height for t, _ in row) + line_h for row in rows]
+    width = PAD + per_row * (col_w + PAD)
+    height = PAD + sum(h + PAD for h in row_hs)
+    out = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(out)
+    y = PAD
+    for row, row_h in zip(rows, row_hs, strict=True):
+        for i, (tile, caption) in enumerate(row):
+            x = PAD + i * (col_w + PAD) + (col_w - tile.width) // 2
+            out.paste(tile.convert("RGB"), (x, y))
+            draw.text((PAD + i * (col_w + PAD), y + tile.height + 4), caption, fill=(40, 40, 40), font=font)
+        y += row_h + PAD
+    return png(out)
+
+
+def npy(array) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array, dtype=np.float32))
+    return buf.getvalue()
+
+
+def csv(array) -> str:
+    """A 2-D map as CSV: one line per feature-cell row, one value per column (full float32 precision)."""
+    m = np.asarray(array, dtype=np.float32)
+    if m.ndim != 2:
+        raise ValueError(f"a map has 2 dimensions, not {m.ndim}")
+    return "\n".join(",".join(f"{v:.9g}" for v in row) for row in m) + "\n"
+
+
+def buttons(items: Sequence[tuple[str, object, str, str]], key: str) -> None:
+    """One row of download buttons: (label, a callable giving the data, file name, mime type) each."""
+    with st.container(horizontal=True, gap="small"):  # wraps in a narrow column instead of cutting labels
+        for label, data, name, mime in items:
+            st.download_button(label, data=data, file_name=name, mime=mime, on_click="ignore", key=f"{key}_{name}")
