@@ -127,7 +127,7 @@ def render() -> None:
         layers = compute.layer_options(analysis.dec_layers, ("mean",))
         state.keep_valid("p_dec_layer", layers, str(analysis.dec_layers))
         ss.setdefault("p_dec_layer", str(analysis.dec_layers))
-        refusal = caches.relevance_refusal(analysis) if mode == MODES[1] else None
+        refusal = caches.relevance_refusal(analysis, view.min_size, view.max_size) if mode == MODES[1] else None
         if refusal:
             st.info(refusal)
         relevance = mode == MODES[1] and refusal is None
@@ -186,7 +186,7 @@ def _all_relevance(view, detections, thumb, thumb_geometry, stem: str) -> None:
     with st.expander(
         "Relevance for every detection (Chefer et al.)", expanded=st.session_state.get(ALL_KEY) == view.key
     ):
-        refusal = caches.relevance_refusal(analysis)
+        refusal = caches.relevance_refusal(analysis, view.min_size, view.max_size)
         if refusal:
             st.info(refusal)
             return

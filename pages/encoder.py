@@ -4,7 +4,7 @@ at it), per layer and head, for up to four points side by side as in the DETR pa
 import streamlit as st
 
 from detr_core.io.render import color_of, draw_cell
-from ui import compute, downloads, figures, frame, state, touch, view, viewport
+from ui import caches, compute, downloads, figures, frame, state, touch, view, viewport
 
 PLOT_KEY = "plot_encoder"
 DIRECTIONS = {"looks": "where this location looks", "looked_at": "what looks at this location"}
@@ -127,6 +127,10 @@ def render() -> None:
     )
     if layer == "rollout":
         head = "mean"
+        refusal = caches.work_refusal("rollout", analysis, view.min_size, view.max_size)
+        if refusal:  # too many feature cells for this server: the mean over layers instead
+            st.info(refusal + " Showing the mean over layers.")
+            layer = "mean"
     map_head = "mean" if head == GRID else head
 
     st.markdown(

@@ -3,7 +3,7 @@ shown with numbers measured on the current image."""
 
 import streamlit as st
 
-from ui import compute, figures, frame, state
+from ui import caches, compute, figures, frame, state
 
 
 def render() -> None:
@@ -30,6 +30,10 @@ The numbers below are measured on the current image (entropy: 1 = spread evenly 
     if view is None:
         return
     analysis = view.analysis
+    refusal = caches.work_refusal("entropy", analysis, view.min_size, view.max_size)
+    if refusal:
+        st.info(refusal)
+        return
     with st.spinner("Measuring attention statistics (once per image, model and threshold)..."):
         image_stats = compute.guide_stats(view.key, view.threshold, analysis)
     dets = image_stats.detections

@@ -23,6 +23,7 @@ if str(REPO_ROOT) not in sys.path:
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from detr_core import MODELS, Geometry, load_image, load_model, preprocess  # noqa: E402
+from detr_core.analysis import budget  # noqa: E402
 from detr_core.models.zoo import SHAPES_CLASSES  # noqa: E402
 from ui import caches, view  # noqa: E402
 from ui.figures import cell_grid_trace  # noqa: E402
@@ -273,21 +274,43 @@ def test_relevance_is_computed_on_demand_once_per_query(scene):
 
 
 def test_relevance_is_offered_for_every_zoo_model_at_the_default_size():
-    """The guard admits R50-DC5 (and R101-DC5) at 800/1333: 50 x 84 = 4,200 feature cells, about 1.7 GB."""
-    assert caches.RELEVANCE_MAX_TOKENS >= 50 * 84
-    assert caches.relevance_gb(50 * 84) < 2.0
-    assert caches.relevance_gb(3350) == pytest.approx(1.28, abs=0.1)  # R50-DC5 at 800x1066, measured
+    """The budget admits R50-DC5 (and R101-DC5) at 800/1333: 50 x 84 = 4,200 feature cells, about 1.7 GB;
+    and so rollout maps and every layer's entropy there."""
+    for request in ("relevance", "rollout", "entropy"):
+        assert budget.check_budget(request, 50 * 84).ok, request
+    assert budget.estimate("relevance", 50 * 84).gigabytes < 2.0
+    assert budget.estimate("relevance", 3350).gigabytes == pytest.approx(1.28, abs=0.1)  # R50-DC5 800x1066
+
+
+def _tiny_budget(monkeypatch, request: str) -> None:
+    """A server whose budget for `request` fits no image at all (detr_shapes scenes have 64+ cells)."""
+    monkeypatch.setitem(budget.DEFAULT_BUDGETS, request, budget.Budget(seconds=1e-3, gigabytes=1e-3))
+
+
+def test_rollout_and_entropy_over_the_budget_are_refused_with_what_to_lower(scene, monkeypatch):
+    at = switch(new_app(scene=str(scene)), "encoder")
+    _tiny_budget(monkeypatch, "rollout")
+    at.segmented_control(key="p_enc_layer").set_value("rollout").run()
+    no_problems(at)
+    info = " ".join(i.value for i in at.info)
+    assert "a rollout map at" in info and "feature cells" in info and "Showing the mean over layers" in info
+    assert any("layer mean" in m for m in texts(at.markdown))
+    _tiny_budget(monkeypatch, "entropy")
+    switch(at, "guide")
+    no_problems(at)
+    assert any("the entropy of every encoder layer at" in i.value for i in at.info)
+    assert not at.metric  # nothing measured
 
 
 def test_relevance_too_big_for_the_server_is_refused_with_a_message(scene, monkeypatch):
-    """Above RELEVANCE_MAX_TOKENS feature cells the page explains instead of running a pass that could
-    take gigabytes (an R50-DC5 photo), and shows raw attention with its controls enabled."""
+    """Over the server's relevance budget (detr_core.analysis.budget) the page explains instead of
+    running a pass that could take gigabytes, and shows raw attention with its controls enabled."""
     at = switch(new_app(scene=str(scene)), "decoder")
-    monkeypatch.setattr(caches, "RELEVANCE_MAX_TOKENS", 10)  # detr_shapes scenes have 64+ cells
+    _tiny_budget(monkeypatch, "relevance")
     relevance_runs = caches.relevance_runs()
     at.radio(key="p_dec_mode").set_value("relevance (Chefer et al.)").run()
     no_problems(at)
-    assert any("Relevance is not offered at this size" in i.value and "cells" in i.value for i in at.info)
+    assert any("Not offered at this size: a relevance map at" in i.value and "cells" in i.value for i in at.info)
     assert not at.selectbox(key="p_dec_layer").disabled
     assert any("cross-attention of query" in c for img in at.image for c in img.captions)
     assert caches.relevance_runs() == relevance_runs
@@ -794,8 +817,8 @@ def test_relevance_for_every_detection_is_computed_once_on_demand(shapes_model, 
 
 def test_relevance_for_every_detection_respects_the_servers_limit(scene, monkeypatch):
     at = switch(new_app(scene=str(scene)), "decoder")
-    monkeypatch.setattr(caches, "RELEVANCE_MAX_TOKENS", 10)
+    _tiny_budget(monkeypatch, "relevance")
     at.run()
     no_problems(at)
-    assert any("Relevance is not offered at this size" in i.value for i in at.info)
+    assert any("Not offered at this size: a relevance map at" in i.value for i in at.info)
     assert not [b for b in at.button if b.key == "dec_all_button"]

@@ -32,7 +32,7 @@ import streamlit as st
 from PIL import Image
 
 from detr_core import MODELS, DETRError, load_image, load_model
-from detr_core.analysis import pipeline
+from detr_core.analysis import budget, pipeline
 from detr_core.analysis.capture import Analysis
 from detr_core.io import fetch
 from detr_core.models.fast import optimize_for_inference
@@ -63,20 +63,11 @@ IMAGE_CACHE_ENTRIES = 16
 IMAGE_CACHE_BYTES = 256 * MB
 DISPLAY_MAX_SIDE = 900  # photos are shown (not analyzed) at most this large
 
-# Relevance (Chefer et al.) rebuilds each layer's attention block by block in its backward pass and
-# keeps one [cells x cells] float32 Ā per encoder layer (detr_core/analysis/relevance.py). Peak resident
-# memory above a captured pass (`python benchmarks/bench.py`, row "relevance: peak memory"): R50 0.56 GB
-# at 850 cells, R50-DC5 1.28 GB at 3,350; about 0.5 GB + 7e-8 GB x cells^2. The server runs one at a
-# time (_relevance_lock) and refuses more than RELEVANCE_MAX_TOKENS cells (about 1.7 GB): every model
-# in the zoo, DC5 ones included, at the default 800/1333 sizes (<= 50 x 84 = 4,200 cells) passes.
-RELEVANCE_MAX_TOKENS = 4200
-
-
-def relevance_gb(tokens: int) -> float:
-    """Estimated peak memory of one relevance pass, GB (the fit above)."""
-    return 0.5 + 7e-8 * tokens**2
-
-
+# Work whose cost grows with the square of the feature cells (relevance, rollout, every layer's
+# entropy) is refused above detr_core.analysis.budget's limits, with a message that says what to
+# lower (`work_refusal`). Relevance runs one at a time in the whole server (_relevance_lock): it keeps
+# one [cells x cells] matrix per encoder layer (about 0.5 GB + 7e-8 GB x cells^2). Every model in the
+# zoo, DC5 ones included, at the default 800/1333 sizes (<= 50 x 84 = 4,200 cells) fits every budget.
 _relevance_lock = threading.Lock()
 
 # ------------------------------------------------------------------------------------------------
@@ -196,7 +187,7 @@ def cached_analysis(key: AnalysisKey, image: Image.Image) -> Analysis:
 @st.cache_data(max_entries=64, show_spinner=False)
 def relevance_map(key: AnalysisKey, query: int, _image: Image.Image):
     """Chefer et al. relevance of `query` over the image ([h, w]), computed once per key and query.
-    One at a time in the whole server (see RELEVANCE_MAX_TOKENS); callers check `relevance_refusal`."""
+    One at a time in the whole server; callers check `relevance_refusal`."""
     from detr_core.analysis.relevance import relevance
 
     model = get_model(key.model_name, key.weights_id)
@@ -207,18 +198,20 @@ def relevance_map(key: AnalysisKey, query: int, _image: Image.Image):
     return result
 
 
-def relevance_refusal(analysis: Analysis) -> str | None:
-    """Why relevance is not offered for this analysis (too many feature cells), or None."""
-    tokens = analysis.geometry.tokens
-    if tokens <= RELEVANCE_MAX_TOKENS:
-        return None
-    gb = relevance_gb(tokens)
-    return (
-        f"Relevance is not offered at this size: it runs a forward and a backward pass that keep one cells x cells "
-        f"matrix per encoder layer, which grows with the square of the feature cells: {tokens:,} cells here "
-        f"(about {gb:.1f} GB), at most {RELEVANCE_MAX_TOKENS:,} on this server. Lower the shorter side in the "
-        "sidebar, or use raw attention, which works at any size."
-    )
+def work_refusal(request: budget.Request, analysis: Analysis, min_size: int | None = None,
+                 max_size: int | None = None) -> str | None:
+    """Why `request` ("relevance", "rollout" or "entropy") is not offered for this analysis (its cost
+    at this many feature cells is over the server's budget, detr_core.analysis.budget), or None."""
+    verdict = budget.check_budget(
+        request, analysis.geometry.tokens, layers=analysis.enc_layers, heads=analysis.nheads,
+        min_size=min_size, max_size=max_size,
+    )  # fmt: skip
+    return None if verdict.ok else f"Not offered at this size: {verdict.message}"
+
+
+def relevance_refusal(analysis: Analysis, min_size: int | None = None, max_size: int | None = None) -> str | None:
+    """Why relevance is not offered for this analysis, or None (see `work_refusal`)."""
+    return work_refusal("relevance", analysis, min_size, max_size)
 
 
 def decoded_image(image_hash: str, image_bytes: bytes) -> Image.Image:
