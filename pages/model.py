@@ -3,7 +3,7 @@ current image, and DETRdemo (the paper's minimal DETR) built for any number of c
 
 import streamlit as st
 
-from ui import compute, frame, state
+from ui import caches, compute, frame, precision, state
 
 CHECKPOINT_HELP = """
 Official checkpoints download on first use. On a server without internet, copy the file (its name is
@@ -13,6 +13,42 @@ set to that folder, or put it in the torch hub cache (`$TORCH_HOME/hub/checkpoin
 `~/.cache/torch/hub/checkpoints` of the user running the server). The file is checked against the
 hash in its name before it is read; restart is not needed: pick the model again.
 """
+
+
+COMPARED = "_precision_compared"  # session key: the analysis key whose comparison was asked for
+
+
+@frame.safe_callback
+def _ask_comparison() -> None:
+    view = state.current_view()
+    if view is not None and view.analysis is not None:
+        st.session_state[COMPARED] = view.key
+
+
+def _precision(view) -> None:
+    """Which precision runs, whether a fast one is offered here (and why not), and on demand whether
+    the fast one finds the exact pass's detections on the current image."""
+    st.subheader("Precision")
+    device = precision.device_of(view.model)
+    reason = precision.why_absent(device)
+    if reason:
+        st.markdown(f"The analysis runs in exact float32 on {device.type}. {reason}")
+        return
+    fast_label = precision.label(precision.FAST, device)
+    st.markdown(
+        f"This {device.type} runs {fast_label} natively, so the sidebar offers it beside exact float32; now: "
+        f"**{precision.label(view.precision, device)}**. Relevance always runs in float32."
+    )
+    if view.analysis is None:
+        return
+    if st.session_state.get(COMPARED) != view.key:
+        st.button(
+            f"Compare {fast_label} with exact float32 on this image", key="model_compare", on_click=_ask_comparison
+        )
+        return
+    with st.spinner("Running the other precision on this image (once)..."):
+        result = caches.precision_agreement(view.key, view.threshold, view.image)
+    (st.success if result.same else st.warning)(f"At threshold {view.threshold:.2f}, {result.summary()}.")
 
 
 def render() -> None:
@@ -32,6 +68,8 @@ def render() -> None:
     )
     if spec.notes:
         st.caption(spec.notes)
+
+    _precision(view)
 
     arch = compute.architecture(spec.name)
     st.subheader("Parameters per part")

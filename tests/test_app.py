@@ -502,7 +502,8 @@ NON_DEFAULT = {
     "encoder-grid": {"enc_layer": "mean", "enc_head": "grid"},
     "decoder": {"dec_mode": "relevance", "dec_layer": "1", "dec_head": "2", "thr": "0.00", "q": "5"},
 }
-COVERED_ELSEWHERE = {"url", "hide"}  # the image URL: tests/test_fetch.py; the class filter: below
+# the image URL: tests/test_fetch.py; the class filter: below; the precision: tests/test_precision.py
+COVERED_ELSEWHERE = {"url", "hide", "prec"}
 
 
 def _widget_values(at: AppTest) -> dict[str, object]:

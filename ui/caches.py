@@ -32,13 +32,13 @@ import streamlit as st
 from PIL import Image
 
 from detr_core import MODELS, DETRError, load_image, load_model
-from detr_core.analysis import budget, pipeline
+from detr_core.analysis import agreement, budget, pipeline
 from detr_core.analysis.capture import Analysis
 from detr_core.io import fetch
 from detr_core.models.fast import optimize_for_inference
 from detr_core.models.zoo import SHAPES_MODEL
 
-from . import own_models
+from . import own_models, precision
 from .lru import MB, BoundedLRU
 
 log = logging.getLogger("detr_explorer")
@@ -161,6 +161,7 @@ class AnalysisKey(NamedTuple):
     image_hash: str  # SHA-256 of the image bytes
     min_size: int
     max_size: int
+    precision: str = "exact"  # ui/precision: EXACT, or FAST (the device's native reduced precision)
 
 
 def cached_analysis(key: AnalysisKey, image: Image.Image) -> Analysis:
@@ -173,7 +174,8 @@ def cached_analysis(key: AnalysisKey, image: Image.Image) -> Analysis:
 
     def compute() -> Analysis:
         model = get_model(key.model_name, key.weights_id)
-        result = pipeline.analyze(model, image, key.model_name, key.min_size, key.max_size)
+        dtype = precision.autocast_dtype(key.precision, precision.device_of(model))
+        result = pipeline.analyze(model, image, key.model_name, key.min_size, key.max_size, autocast_dtype=dtype)
         _count("model")
         ran.append(True)
         return result
@@ -212,6 +214,15 @@ def work_refusal(request: budget.Request, analysis: Analysis, min_size: int | No
 def relevance_refusal(analysis: Analysis, min_size: int | None = None, max_size: int | None = None) -> str | None:
     """Why relevance is not offered for this analysis, or None (see `work_refusal`)."""
     return work_refusal("relevance", analysis, min_size, max_size)
+
+
+def precision_agreement(key: AnalysisKey, threshold: float, image: Image.Image) -> agreement.Agreement:
+    """Whether the fast precision finds the exact pass's detections on this image (both analyses
+    cached like any other; computed when the Model page asks)."""
+    margin = agreement.SCORE_MARGIN
+    exact = cached_analysis(key._replace(precision=precision.EXACT), image).detections(max(threshold - margin, 0.0))
+    fast = cached_analysis(key._replace(precision=precision.FAST), image).detections(max(threshold - margin, 0.0))
+    return agreement.compare(exact, fast, threshold, margin)
 
 
 def decoded_image(image_hash: str, image_bytes: bytes) -> Image.Image:

@@ -22,7 +22,7 @@ from detr_core.io import fetch
 from detr_core.models import weights
 from detr_core.models.zoo import ModelSpec, model_status
 
-from . import caches, frame, own_models, view
+from . import caches, frame, own_models, precision, view
 from .caches import SCENE_COUNT, SHAPES
 from .state import (
     SOURCE_LABELS,
@@ -66,6 +66,7 @@ IMAGE_URL = view.field("url", key="w_url", parse=_image_url)
 THRESHOLD = view.field("thr", key="w_threshold", parse=view.bounded_float(0.0, 1.0), fmt=lambda v: f"{v:.2f}")
 MIN_SIZE = view.field("min", key="w_min", parse=view.bounded_int(64, 1600))
 MAX_SIZE = view.field("max", key="w_max", parse=view.bounded_int(64, 2666))
+PRECISION = view.field("prec", key="w_precision", parse=view.choice([precision.EXACT, precision.FAST]))
 _SOURCE_FIELDS = {SOURCE_SCENE: SCENE.name, SOURCE_SAMPLE: SAMPLE.name, SOURCE_URL: IMAGE_URL.name}
 
 
@@ -311,6 +312,20 @@ def sidebar() -> View | None:
             key="w_threshold",
             help="A query is a detection when its best class probability is above this.",
         )
+        device = precision.device_of(model)
+        precisions = precision.options(device)  # [exact], or [exact, fast] where the device has it natively
+        keep_valid("w_precision", precisions, precision.EXACT)
+        chosen = precision.EXACT
+        if len(precisions) > 1:
+            chosen = st.radio(
+                "Precision",
+                precisions,
+                key="w_precision",
+                format_func=lambda option: precision.label(option, device),
+                horizontal=True,
+                help="Exact float32, or this device's native reduced precision (faster; the Model page "
+                "compares its detections with exact ones on the current image).",
+            )
         with st.expander("Preprocessing"):
             min_size = st.number_input("Shorter side (px)", min_value=64, max_value=1600, step=32, key="w_min")
             max_size = st.number_input("Longer side at most (px)", min_value=64, max_value=2666, step=32, key="w_max")
@@ -326,6 +341,7 @@ def sidebar() -> View | None:
         image_label=label,
         model=model,
         error=error,
+        precision=chosen,
     )
     if image_bytes is not None:
         run.image_bytes = image_bytes

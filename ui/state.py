@@ -49,11 +49,14 @@ class View:
     analysis: Analysis | None = None
     error: str | None = None  # why there is no analysis (bad file, no model, ...)
     model: Any = None
+    precision: str = "exact"  # ui/precision.EXACT or FAST
 
     @property
     def key(self) -> AnalysisKey:
         assert self.image_hash is not None
-        return AnalysisKey(self.model_name, self.weights_id, self.image_hash, self.min_size, self.max_size)
+        return AnalysisKey(
+            self.model_name, self.weights_id, self.image_hash, self.min_size, self.max_size, self.precision
+        )
 
     @property
     def geometry(self) -> Geometry:
