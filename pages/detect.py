@@ -3,6 +3,7 @@
 import streamlit as st
 
 from ui import compute, figures, state
+from ui.text import plain
 
 
 def render() -> None:
@@ -13,7 +14,7 @@ def render() -> None:
     analysis = view.analysis
     detections = view.detections()
     st.caption(
-        f"{view.spec.title} on {view.image_label} · threshold {view.threshold:.2f} · "
+        f"{plain(view.spec.title)} on {plain(view.image_label)} · threshold {view.threshold:.2f} · "
         f"inference: {analysis.forward_ms:.0f} ms on {analysis.device} (one forward pass, cached)"
     )
 

@@ -50,6 +50,7 @@ from detr_core.models.zoo import SHAPES_MODEL, ModelSpec, model_status
 
 from . import own_models
 from .lru import MB, BoundedLRU
+from .text import plain  # user-given names in Markdown (issue 12)
 
 log = logging.getLogger("detr_explorer")
 
@@ -640,10 +641,10 @@ def sidebar(page_slugs: Sequence[str]) -> tuple[View | None, str | None]:
         view.image_hash = hashlib.sha256(image_bytes).hexdigest()
         try:
             view.image = decoded_image(view.image_hash, image_bytes)
-            with st.spinner(f"Running {spec.title} on {label} (once per image and model)..."):
+            with st.spinner(f"Running {plain(spec.title)} on {plain(label)} (once per image and model)..."):
                 view.analysis = cached_analysis(view.key, view.image)
         except DETRError as e:
-            view.error = f"{label or 'This image'} cannot be analyzed: {e}"
+            view.error = f"{plain(label) if label else 'This image'} cannot be analyzed: {e}"
             view.image = None
     _reset_stale_selections(view)
     ss["_view"] = view
