@@ -50,6 +50,7 @@ from detr_core.models.zoo import SHAPES_MODEL, ModelSpec, model_status
 
 from . import own_models
 from .lru import MB, BoundedLRU
+from .model_upload import checkpoint_upload  # issue 14: the browser checkpoint upload (off by default)
 from .text import plain  # user-given names in Markdown (issue 12)
 
 log = logging.getLogger("detr_explorer")
@@ -567,6 +568,7 @@ def sidebar(page_slugs: Sequence[str]) -> tuple[View | None, str | None]:
         _on_model_change_keep_fallback()
 
     with st.sidebar:
+        checkpoint_upload()  # issue 14 (ui/model_upload.py): only with --allow-checkpoint-upload; before the picker
         st.selectbox(
             "Model",
             list(MODELS),
