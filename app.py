@@ -12,10 +12,11 @@ import logging
 
 import streamlit as st
 
-from ui import state
+from ui import server_log, state
 
 st.set_page_config(page_title="DETR Attention Explorer", page_icon=":mag:", layout="wide")
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+server_log.quiet_client_disconnects()  # an upload cut short is one log line, not a traceback
 
 PAGES = {
     "detect": st.Page("pages/detect.py", title="Detect", icon=":material/center_focus_strong:", url_path="detect",
