@@ -87,7 +87,7 @@ def _load(data: bytes, file_name: str, classes: bytes | None, classes_name: str 
     stem = _safe_stem(file_name)
     name = f"{stem}-{key[:8]}"
     with tempfile.TemporaryDirectory(prefix="detr-upload-") as folder:
-        path = Path(folder) / f"{name}{_suffix(file_name)}"
+        path = Path(folder) / f"{stem}{_suffix(file_name)}"  # messages name it as the user did (made safe)
         path.write_bytes(data)
         classes_path = None
         if classes is not None:
