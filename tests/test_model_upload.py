@@ -110,10 +110,21 @@ def test_no_uploader_unless_the_server_allows_it(server, monkeypatch):
     assert not any("Upload your own" in str(e.label) for e in at.sidebar.expander)
 
 
-def test_an_uploaded_checkpoint_is_listed_as_yours_with_its_classes(server, checkpoint):
+def test_an_uploaded_checkpoint_is_listed_as_yours_with_its_classes(server, checkpoint, monkeypatch):
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+
+    removed: list[str] = []
+    remove_file = MemoryUploadedFileManager.remove_file
+
+    def recording_remove(self, session_id, file_id):
+        removed.append(file_id)
+        remove_file(self, session_id, file_id)
+
+    monkeypatch.setattr(MemoryUploadedFileManager, "remove_file", recording_remove)
     at = new_app()
     assert not at.exception, [e.value for e in at.exception]
     at = upload(at, "my parts model!.pth", checkpoint, ("parts.txt", "\n".join(CLASSES).encode()))
+    assert len(removed) == 2  # both files' bytes dropped from Streamlit's upload manager at once
     assert not at.exception, [e.value for e in at.exception]
     assert "Loaded as" in notices(at), notices(at)
     [name] = model_upload.held()

@@ -147,12 +147,28 @@ def checkpoint_upload() -> None:
             submitted = st.form_submit_button("Load checkpoint")
         st.caption(f"At most {cap} MB; the last {HELD} uploaded models are kept in memory.")
         if submitted:
-            ss["_upload_notice"] = _process(checkpoint, classes, cap)
-            ss["_upload_generation"] = generation + 1  # new, empty uploaders: Streamlit drops the bytes
+            try:
+                ss["_upload_notice"] = _process(checkpoint, classes, cap)
+            finally:
+                _forget(checkpoint, classes)
+            ss["_upload_generation"] = generation + 1  # new, empty uploaders for the next files
             st.rerun()
         if notice is not None:
             kind, text = ss.pop("_upload_notice")
             {"success": st.success, "error": st.error}.get(kind, st.info)(text)
+
+
+def _forget(*uploads) -> None:
+    """Drop the uploaded bytes from Streamlit's upload manager now (it would keep them until the
+    session ends: a new, empty uploader does not release them)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is None:
+        return
+    for upload in uploads:
+        if upload is not None:
+            ctx.uploaded_file_mgr.remove_file(session_id=ctx.session_id, file_id=upload.file_id)
 
 
 def _process(checkpoint, classes, cap: int) -> tuple[str, str]:
