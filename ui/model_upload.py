@@ -43,7 +43,9 @@ __all__ = ["CAP_MB", "CHECKPOINT_TYPES", "CLASS_TYPES", "HELD", "checkpoint_uplo
 
 log = logging.getLogger("detr_explorer")
 
-CAP_MB = 600  # the largest checkpoint accepted (official R101-DC5: 232 MB; with optimizer state ~700)
+# The largest checkpoint accepted: an R50 main.py checkpoint is about 160 MB of weights, and with
+# AdamW's two moments per weight (its optimizer state) about three times that.
+CAP_MB = 600
 HELD = 2  # uploaded models kept in memory at once (an R101 one is about 240 MB)
 CHECKPOINT_TYPES = ["pth", "pt", "bin", "safetensors"]
 CLASS_TYPES = ["txt", "json"]
