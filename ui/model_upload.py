@@ -117,6 +117,8 @@ def _load(data: bytes, file_name: str, classes: bytes | None, classes_name: str 
 
 def checkpoint_upload() -> None:
     """The sidebar's checkpoint upload (when the server allows it); call it before the model picker."""
+    if not server_options.options().allow_checkpoint_upload:
+        return
     ss = st.session_state
     if ss.get("w_model") is not None and ss["w_model"] not in MODELS:  # an evicted upload
         gone = (f"{plain(ss['w_model'])} was removed from memory (at most {HELD} uploaded models are kept); "
@@ -124,8 +126,6 @@ def checkpoint_upload() -> None:
         kind, text = ss.get("_upload_notice") or ("info", "")
         ss["_upload_notice"] = (kind, f"{text} {gone}".strip())
         ss["w_model"] = SHAPES_MODEL
-    if not server_options.options().allow_checkpoint_upload:
-        return
     cap = upload_cap_mb()
     generation = ss.setdefault("_upload_generation", 0)
     notice = ss.get("_upload_notice")
