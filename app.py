@@ -16,10 +16,11 @@ import time
 
 import streamlit as st
 
-from ui import view
+from ui import server_log, view
 
 st.set_page_config(page_title="DETR Attention Explorer", page_icon=":mag:", layout="wide")
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+server_log.quiet_client_disconnects()  # an upload cut short is one log line, not a traceback
 
 PAGES = {
     "detect": st.Page("pages/detect.py", title="Detect", icon=":material/center_focus_strong:", url_path="detect",
@@ -46,7 +47,7 @@ notes_area = st.container()
 if "torch" not in sys.modules:  # a fresh server: let the title reach the browser before PyTorch's import
     time.sleep(0.3)  # (loading its libraries holds the interpreter for seconds, the messages too)
 
-from ui import caches, frame, sidebar, state  # noqa: E402 (after the title: the first import loads PyTorch)
+from ui import caches, frame, sidebar, state, text  # noqa: E402 (after the title: the first import loads PyTorch)
 
 sidebar.start_host_checks()
 state.persist_page_widgets()
@@ -62,7 +63,8 @@ except Exception as e:  # never a traceback in the page
         st.error("Something went wrong while preparing the model or the image. The details were logged on the server.")
 starting.empty()
 if run_view is not None:
-    title.markdown(f"**DETR Attention Explorer** · model: **{run_view.spec.title}** (`{run_view.model_name}`)")
+    model_title = text.plain(run_view.spec.title)
+    title.markdown(f"**DETR Attention Explorer** · model: **{model_title}** (`{run_view.model_name}`)")
 
 try:
     with frame.page_frame():

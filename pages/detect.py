@@ -4,6 +4,7 @@ import streamlit as st
 
 from ui import compute, figures, frame, state, viewport
 from ui import view as url_view
+from ui.text import plain
 
 
 def _class_names(text: str) -> list[str]:
@@ -37,7 +38,7 @@ def render() -> None:
     analysis = view.analysis
     detections = view.detections()
     st.caption(
-        f"{view.spec.title} on {view.image_label} · threshold {view.threshold:.2f} · "
+        f"{plain(view.spec.title)} on {plain(view.image_label)} · threshold {view.threshold:.2f} · "
         f"inference: {analysis.forward_ms:.0f} ms on {analysis.device} (one forward pass, cached)"
     )
 

@@ -4,6 +4,7 @@ current image, and DETRdemo (the paper's minimal DETR) built for any number of c
 import streamlit as st
 
 from ui import caches, compute, frame, precision, state
+from ui.text import plain
 
 CHECKPOINT_HELP = """
 Official checkpoints download on first use. On a server without internet, copy the file (its name is
@@ -62,12 +63,12 @@ def render() -> None:
     spec = view.spec
     ap = f" · COCO val box AP {spec.box_ap}" if spec.box_ap is not None else ""
     st.markdown(
-        f"**{spec.title}** (`{spec.name}`){ap} · checkpoint `{spec.checkpoint.filename}` · "
+        f"**{plain(spec.title)}** (`{spec.name}`){ap} · checkpoint `{spec.checkpoint.filename}` · "
         f"{len(spec.class_names)} class ids · preprocessing: shorter side {spec.min_size} px, "
         f"longer at most {spec.max_size} px"
     )
     if spec.notes:
-        st.caption(spec.notes)
+        st.caption(plain(spec.notes))  # your own model's notes name its files
 
     _precision(view)
 

@@ -28,7 +28,18 @@ def free_port() -> int:
 class StreamlitServer:
     """`python -m streamlit run app.py` on 127.0.0.1:<free port>, its output in a log file."""
 
-    def __init__(self, log_path: Path, env: dict[str, str] | None = None, startup_timeout: float = 180.0):
+    def __init__(
+        self,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        startup_timeout: float = 180.0,
+        server_args: list[str] | None = None,
+        app_args: list[str] | None = None,
+    ):
+        """`server_args`: more Streamlit options (``--server.maxUploadSize 200``); `app_args`: the app's
+        own options, given after ``--`` (``--allow-checkpoint-upload``)."""
+        self.server_args = list(server_args or [])
+        self.app_args = list(app_args or [])
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -40,8 +51,10 @@ class StreamlitServer:
         cmd = [
             sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(self.port),
             "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
-            "--browser.gatherUsageStats", "false",
+            "--browser.gatherUsageStats", "false", *self.server_args,
         ]  # fmt: skip
+        if self.app_args:
+            cmd += ["--", *self.app_args]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout

@@ -10,7 +10,8 @@ process (`ensure_registered`), added to the zoo's registry under their name (nev
 model), and served with batch norm folded like the zoo's. A checkpoint that cannot be loaded is
 left out, and why is shown in the sidebar (`ERRORS`).
 
-Uploading checkpoints in the browser is not offered.
+Uploading a checkpoint in the browser is off unless the server is started with
+``--allow-checkpoint-upload`` (ui/model_upload.py); server options: ui/server_options.py.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from detr_core import DETRError
 from detr_core.models.fast import optimize_for_inference
 from detr_core.models.own import load_own_model
 from detr_core.models.zoo import MODELS, register
+
+from . import server_options
 
 __all__ = ["ENV", "ERRORS", "MODELS_OWN", "ensure_registered", "is_own", "own_model", "parse_args"]
 
@@ -79,6 +82,7 @@ def ensure_registered() -> None:
         if _done:
             return
         _done = True
+        server_options.apply()  # --no-downloads and the other server options (ui/server_options.py)
         for entry in _configured():
             try:
                 own = load_own_model(

@@ -24,6 +24,7 @@ from detr_core.models.zoo import ModelSpec, model_status
 
 from . import caches, frame, own_models, precision, view
 from .caches import SCENE_COUNT, SHAPES
+from .model_upload import checkpoint_upload
 from .state import (
     SOURCE_LABELS,
     SOURCE_SAMPLE,
@@ -33,6 +34,7 @@ from .state import (
     View,
     keep_valid,
 )
+from .text import plain
 
 log = logging.getLogger("detr_explorer")
 
@@ -252,6 +254,7 @@ def sidebar() -> View | None:
         ss["w_model"], ss["_notice"] = _default_model()
 
     with st.sidebar:
+        checkpoint_upload()  # issue 14 (ui/model_upload.py): only with --allow-checkpoint-upload; before the picker
         st.selectbox(
             "Model",
             list(MODELS),
@@ -265,7 +268,6 @@ def sidebar() -> View | None:
         spec = MODELS[name]
         for problem in own_models.ERRORS:
             st.warning(f"Your model was not loaded: {frame.visitor_text(problem)}")
-        # (The browser checkpoint upload, when there is one, is one call here, below the picker.)
         if ss.get("_notice") and name == SHAPES:
             st.info(ss["_notice"])
         progress_area = st.container()
@@ -348,10 +350,10 @@ def sidebar() -> View | None:
         run.image_hash = hashlib.sha256(image_bytes).hexdigest()
         try:
             run.image = caches.decoded_image(run.image_hash, image_bytes)
-            with st.spinner(f"Running {spec.title} on {label} (once per image and model)..."):
+            with st.spinner(f"Running {plain(spec.title)} on {plain(label)} (once per image and model)..."):
                 run.analysis = caches.cached_analysis(run.key, run.image)
         except DETRError as e:
-            run.error = frame.visitor_text(f"{label or 'This image'} cannot be analyzed: {e}")
+            run.error = frame.visitor_text(f"{plain(label) if label else 'This image'} cannot be analyzed: {e}")
             run.image = None
     if run.analysis is not None:
         view.bind_to_image((run.model_name, run.image_hash))

@@ -7,7 +7,9 @@ Where a checkpoint is looked for, in order (`resolve_checkpoint`):
 3. the torch hub cache, ``<torch.hub.get_dir()>/checkpoints/<filename>`` (so a checkpoint that
    ``torch.hub`` downloaded before is reused, and ours are reused by ``torch.hub``);
 4. the package's bundled folder (`BUNDLED_DIR`, the project's own small model);
-5. a download from the checkpoint's URL into the torch hub cache.
+5. a download from the checkpoint's URL into the torch hub cache, unless downloads are turned off
+   (``DETR_NO_DOWNLOADS=1``, e.g. on a shared server whose operator installs the checkpoints it
+   offers: then a missing checkpoint is a `CheckpointError` and nothing is fetched).
 
 Verification follows torch.hub's ``check_hash`` convention: the hex digits after the last ``-`` of
 the file name are the first digits of the file's SHA-256, and a file whose hash does not match is
@@ -56,10 +58,12 @@ __all__ = [
     "check_checkpoint_path",
     "check_torch_file",
     "DOWNLOAD_TIMEOUT_S",
+    "NO_DOWNLOADS_ENV",
     "WEIGHTS_DIR_ENV",
     "check_state_dict",
     "checkpoint_status",
     "download_checkpoint",
+    "downloads_allowed",
     "file_sha256",
     "hub_checkpoint_dir",
     "local_checkpoint",
@@ -70,6 +74,7 @@ __all__ = [
 ]
 
 WEIGHTS_DIR_ENV = "DETR_WEIGHTS_DIR"
+NO_DOWNLOADS_ENV = "DETR_NO_DOWNLOADS"  # "1" (or true/yes/on): never download a checkpoint
 DOWNLOAD_TIMEOUT_S = 30.0  # seconds without progress (connect or read) before a download fails
 _CHUNK = 1 << 20  # 1 MiB: download and hashing block size
 _LIST_AT_MOST = 5  # names listed per kind of mismatch in error messages
@@ -124,15 +129,27 @@ def local_checkpoint(info: CheckpointInfo) -> Path | None:
     return next((p for p in _local_candidates(info) if p.is_file()), None)
 
 
+def downloads_allowed() -> bool:
+    """False when the environment variable DETR_NO_DOWNLOADS says 1 (or true, yes, on); read at each call."""
+    return os.environ.get(NO_DOWNLOADS_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
+
+
+def _downloads_off(info: CheckpointInfo) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {info.filename} is not on this machine, and downloads are turned off here "
+        f"({NO_DOWNLOADS_ENV}=1): whoever runs this installs the checkpoints it offers"
+    )
+
+
 def checkpoint_status(info: CheckpointInfo) -> Literal["available", "downloadable", "missing"]:
     """Whether a checkpoint can be loaded now (for a model picker); cheap: nothing is hashed.
 
-    "available": a copy is on this machine; "downloadable": not here, but it has a URL;
-    "missing": neither (e.g. the bundled model before it is trained).
+    "available": a copy is on this machine; "downloadable": not here, but it has a URL and downloads
+    are allowed (`downloads_allowed`); "missing": neither (e.g. the bundled model before it is trained).
     """
     if local_checkpoint(info) is not None:
         return "available"
-    return "downloadable" if info.url else "missing"
+    return "downloadable" if info.url and downloads_allowed() else "missing"
 
 
 def _where_to_put_it(info: CheckpointInfo) -> str:
@@ -172,6 +189,8 @@ def resolve_checkpoint(
         raise CheckpointError(
             f"checkpoint {info.filename} was not found (looked in: {searched}) and has no download URL"
         )
+    if not downloads_allowed():
+        raise _downloads_off(info)
     return download_checkpoint(info, hub_checkpoint_dir() / info.filename, progress)
 
 
@@ -239,6 +258,8 @@ def download_checkpoint(info: CheckpointInfo, dest: Path, progress: ProgressFn |
             left under `dest` and no temporary file remains.
     """
     assert info.url, "download_checkpoint needs a URL"
+    if not downloads_allowed():
+        raise _downloads_off(info)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -1,0 +1,229 @@
+"""The deployment checks in a real browser (Debian's Chromium through Playwright, loopback only):
+upload names render as plain text and make the browser fetch nothing; a client that disconnects
+during an upload leaves one log line, not a traceback; and, with the server started as
+`streamlit run app.py --server.maxUploadSize 200 -- --allow-checkpoint-upload`, a checkpoint uploaded
+in the browser is listed, picked and shows its own class names.
+
+Run with `python -m pytest tests/test_browser_deploy.py -m browser`."""
+
+from __future__ import annotations
+
+import http.server
+import re
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _server import CHROMIUM, StreamlitServer, free_port, launch_chromium  # noqa: E402
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed"),
+    pytest.mark.timeout(900),
+]
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
+expect.set_options(timeout=120_000)
+WAIT_MS = 120_000
+CLASSES = [f"part{i}" for i in range(7)]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("server")
+    env = {"TORCH_HOME": str(tmp / "torch_home"), "DETR_WEIGHTS_DIR": "", "DETR_OWN_MODELS": ""}
+    srv = StreamlitServer(
+        tmp / "streamlit.log", env=env, server_args=["--server.maxUploadSize", "200"],
+        app_args=["--allow-checkpoint-upload"],
+    ).start()  # fmt: skip
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = launch_chromium(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1050})
+    pg = context.new_page()
+    pg.set_default_timeout(WAIT_MS)
+    yield pg
+    context.close()
+
+
+def server_log(server) -> str:
+    return server.log_path.read_text(errors="replace")
+
+
+def open_app(page, server, path: str = "") -> None:
+    page.goto(server.url + path)
+    expect(page.get_by_text(re.compile(r"^model runs: \d+$"))).to_be_visible()
+    wait_idle(page)
+
+
+def wait_idle(page) -> None:
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=WAIT_MS, polling=200
+    )
+
+
+def photo_input(page):
+    return page.locator('[data-testid="stSidebar"] [data-testid="stFileUploader"]').filter(has_text="Photo")
+
+
+class Listener:
+    """An HTTP server on a free loopback port that counts what it is asked for."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests.append(self.path)
+                self.send_response(404)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.HTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_an_upload_name_renders_as_text_and_fetches_nothing(page, server):
+    from ui import state
+
+    listener = Listener()
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if f":{listener.port}" in r.url else None)
+    try:
+        open_app(page, server, "/?model=detr_shapes&src=upload")
+        name = f"![b](http://127.0.0.1:{listener.port}/b.png) **bold** :red[x] $x$.png"
+        payload = {"name": name, "mimeType": "image/png", "buffer": state.scene_png(5)}
+        photo_input(page).locator("input[type=file]").set_input_files(payload)
+        wait_idle(page)
+        caption = page.locator('[data-testid="stMain"] [data-testid="stCaptionContainer"]').filter(
+            has_text="inference:"
+        )
+        text = caption.inner_text().replace("\u2060", "")  # ui/text.py's invisible word joiners
+        assert name in text, text  # literally: the brackets, stars, colon and dollars
+        assert caption.locator("img, strong, a, .katex").count() == 0, caption.inner_html()
+        page.wait_for_timeout(2000)  # time for an injected picture to be fetched, were there one
+        assert asked == [] and listener.requests == [], (asked, listener.requests)
+    finally:
+        listener.close()
+
+
+def test_a_client_that_disconnects_mid_upload_leaves_one_log_line(page, server, tmp_path):
+    open_app(page, server, "/?model=detr_shapes&src=upload")
+    seen: dict = {}
+
+    def capture(route, request):  # the browser's real upload request: its URL and XSRF token
+        seen.update(url=request.url, xsrf=request.headers.get("x-xsrftoken", ""))
+        route.abort()
+
+    page.route("**/_stcore/upload_file/**", capture)
+    photo_input(page).locator("input[type=file]").set_input_files(
+        {"name": "x.png", "mimeType": "image/png", "buffer": b"\x89PNG" + bytes(1000)}
+    )
+    deadline = time.monotonic() + 60
+    while "url" not in seen and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+    assert "url" in seen, "the browser sent no upload"
+    cookies = "; ".join(f"{c['name']}={c['value']}" for c in page.context.cookies())
+    path = seen["url"].split(f":{server.port}", 1)[1]
+    boundary = "detrboundary"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+            "Content-Type: image/png\r\n\r\n").encode()  # fmt: skip
+    total = len(head) + 20_000_000 + len(f"\r\n--{boundary}--\r\n")
+    request = (
+        f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {total}\r\n"
+        f"X-Xsrftoken: {seen['xsrf']}\r\nCookie: {cookies}\r\n\r\n"
+    ).encode()
+    before = len(server_log(server))
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(request + head + bytes(10_000_000))  # half of a 20 MB upload, then gone
+        time.sleep(1.0)
+    from ui import server_log as quiet
+
+    deadline = time.monotonic() + 30
+    while quiet.LINE not in server_log(server)[before:] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    new = server_log(server)[before:]
+    assert quiet.LINE in new, new[-3000:]
+    assert "Traceback" not in new and "ClientDisconnect" not in new, new[-3000:]
+    assert requests_ok(server)
+
+
+def requests_ok(server) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server.url}/_stcore/health", timeout=10) as r:
+        return r.read().decode().strip() == "ok"
+
+
+def test_a_checkpoint_uploaded_in_the_browser_is_picked_and_shows_its_classes(page, server, tmp_path):
+    from test_model_upload import small_checkpoint
+
+    checkpoint = tmp_path / "parts_model.pth"
+    checkpoint.write_bytes(small_checkpoint())
+    names = tmp_path / "parts.txt"
+    names.write_text("\n".join(CLASSES))
+    open_app(page, server, "/?model=detr_shapes&src=sample")
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.locator('[data-testid="stExpander"] summary').filter(has_text="Upload your own DETR").click()
+    form = sidebar.locator('[data-testid="stForm"]')
+    form.locator('[data-testid="stFileUploader"]').filter(has_text="Checkpoint").locator(
+        "input[type=file]"
+    ).set_input_files(str(checkpoint))
+    form.locator('[data-testid="stFileUploader"]').filter(has_text="Class names").locator(
+        "input[type=file]"
+    ).set_input_files(str(names))
+    expect(form.get_by_text("parts_model.pth")).to_be_visible()  # both sent before the button
+    expect(form.get_by_text("parts.txt")).to_be_visible()
+    form.get_by_role("button", name="Load checkpoint").click()
+    wait_idle(page)
+    expect(sidebar.locator('[data-testid="stAlert"]').filter(has_text="Loaded as")).to_contain_text(
+        "7 classes, 20 queries"
+    )
+    picker = sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Model").first
+    picker.click()
+    option = page.get_by_role("option").filter(has_text=re.compile(r"parts_model-[0-9a-f]{8} \(your model"))
+    option.first.click()
+    wait_idle(page)
+    expect(picker.get_by_role("combobox")).to_have_value(re.compile(r"your model: R50, 7 classes, 20 queries"))
+    thumb = sidebar.locator('[data-testid="stSlider"] input[type=range]').first
+    thumb.focus()
+    page.keyboard.press("Home")  # threshold 0: a random-weight model's every query is a detection
+    wait_idle(page)
+    main = page.locator('[data-testid="stMain"]')
+    expect(main.locator('[data-testid="stCaptionContainer"]').filter(has_text="inference:")).to_contain_text(
+        "your model"
+    )
+    shown = main.locator('[data-testid="stMultiSelect"]').inner_text()
+    assert any(c in shown for c in CLASSES) and "class 0" not in shown, shown
+    assert "Traceback" not in page.locator("body").inner_text()
