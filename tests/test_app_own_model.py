@@ -68,7 +68,8 @@ def test_your_model_is_listed_its_classes_show_in_detect_and_its_queries_in_deco
     assert picker.value == "parts"  # opens on your own model
     assert "parts" in picker.options[-1] or any("your model" in o for o in picker.options)
     warnings = " ".join(w.value for w in at.sidebar.warning)
-    assert "broken.pth" in warnings and "damaged, truncated" in warnings
+    assert "broken.pth" in warnings and "not a PyTorch checkpoint" in warnings
+    assert "/" not in warnings, warnings  # no server path: the file name only
     page = " ".join(str(m.value) for m in at.markdown) + " ".join(str(c.value) for c in at.caption)
     tables = " ".join(df.value.to_string() for df in at.dataframe)
     assert any(name in page + tables for name in CLASSES), page[:500]

@@ -114,7 +114,7 @@ class Listener:
 
 
 def test_an_upload_name_renders_as_text_and_fetches_nothing(page, server):
-    from ui import state
+    from ui import caches
 
     listener = Listener()
     asked: list[str] = []
@@ -122,7 +122,7 @@ def test_an_upload_name_renders_as_text_and_fetches_nothing(page, server):
     try:
         open_app(page, server, "/?model=detr_shapes&src=upload")
         name = f"![b](http://127.0.0.1:{listener.port}/b.png) **bold** :red[x] $x$.png"
-        payload = {"name": name, "mimeType": "image/png", "buffer": state.scene_png(5)}
+        payload = {"name": name, "mimeType": "image/png", "buffer": caches.scene_png(5)}
         photo_input(page).locator("input[type=file]").set_input_files(payload)
         wait_idle(page)
         caption = page.locator('[data-testid="stMain"] [data-testid="stCaptionContainer"]').filter(

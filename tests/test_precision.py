@@ -26,7 +26,14 @@ from detr_core.models.fast import optimize_for_inference  # noqa: E402
 from ui import caches, precision  # noqa: E402
 
 APP = str(REPO_ROOT / "app.py")
-SCENE = 3
+SCENE = 41
+
+
+@pytest.fixture(autouse=True, scope="module")
+def forget_analyses():
+    """Leave the process-wide caches as found (other test files count the passes they cause)."""
+    yield
+    caches.clear_caches()
 
 
 @pytest.fixture(autouse=True)

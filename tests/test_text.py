@@ -17,7 +17,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from ui import state  # noqa: E402
+from ui import caches  # noqa: E402
 from ui.text import JOINER, plain  # noqa: E402
 
 APP = str(REPO_ROOT / "app.py")
@@ -69,7 +69,7 @@ def test_upload_names_reach_the_page_escaped(offline):
     at.query_params = {"model": "detr_shapes", "src": "upload"}
     at.run()
     good, bad = HOSTILE[0], HOSTILE[1]
-    at.file_uploader(key="w_upload").set_value((good, state.scene_png(3), "image/png")).run()
+    at.file_uploader(key="w_upload").set_value((good, caches.scene_png(3), "image/png")).run()
     assert not at.exception, [e.value for e in at.exception]
     caption = next(c.value for c in at.caption if "inference:" in c.value)
     assert plain(good) in caption and good not in caption, caption

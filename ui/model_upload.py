@@ -52,6 +52,7 @@ CLASS_TYPES = ["txt", "json"]
 
 _lock = threading.Lock()
 _HELD: OrderedDict[str, str] = OrderedDict()  # content digest -> registered model name, oldest first
+_EVER_HELD: set[str] = set()  # every name an upload was registered under (to tell an eviction from a bad link)
 
 
 def held() -> list[str]:
@@ -106,6 +107,7 @@ def _load(data: bytes, file_name: str, classes: bytes | None, classes_name: str 
         register(own.spec)  # checked against the model contract
         own_models.MODELS_OWN[name] = model
         _HELD[key] = name
+        _EVER_HELD.add(name)
         while len(_HELD) > HELD:
             _, old = _HELD.popitem(last=False)
             MODELS.pop(old, None)
@@ -115,17 +117,25 @@ def _load(data: bytes, file_name: str, classes: bytes | None, classes_name: str 
     return name
 
 
-def checkpoint_upload() -> None:
-    """The sidebar's checkpoint upload (when the server allows it); call it before the model picker."""
+def forget_evicted() -> None:
+    """A session whose model was an upload evicted meanwhile goes back to detr_shapes and is told why.
+    Call it at the start of the sidebar, before the session's model is checked."""
     if not server_options.options().allow_checkpoint_upload:
         return
     ss = st.session_state
-    if ss.get("w_model") is not None and ss["w_model"] not in MODELS:  # an evicted upload
+    if ss.get("w_model") is not None and ss["w_model"] not in MODELS and ss["w_model"] in _EVER_HELD:
         gone = (f"{plain(ss['w_model'])} was removed from memory (at most {HELD} uploaded models are kept); "
                 "upload it again to see it.")  # fmt: skip
         kind, text = ss.get("_upload_notice") or ("info", "")
         ss["_upload_notice"] = (kind, f"{text} {gone}".strip())
         ss["w_model"] = SHAPES_MODEL
+
+
+def checkpoint_upload() -> None:
+    """The sidebar's checkpoint upload (when the server allows it); call it before the model picker."""
+    if not server_options.options().allow_checkpoint_upload:
+        return
+    ss = st.session_state
     cap = upload_cap_mb()
     generation = ss.setdefault("_upload_generation", 0)
     notice = ss.get("_upload_notice")

@@ -93,7 +93,7 @@ def ensure_registered() -> None:
                     nheads=entry.get("nheads"),
                 )
             except DETRError as e:
-                ERRORS.append(f"{entry['checkpoint']}: {e}")
+                ERRORS.append(str(e))  # the message names the file; the path is in the server log only
                 log.warning("own model %s not loaded: %s", entry["checkpoint"], e)
                 continue
             spec = own.spec

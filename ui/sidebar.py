@@ -22,9 +22,8 @@ from detr_core.io import fetch
 from detr_core.models import weights
 from detr_core.models.zoo import ModelSpec, model_status
 
-from . import caches, frame, own_models, precision, view
+from . import caches, frame, model_upload, own_models, precision, server_options, view
 from .caches import SCENE_COUNT, SHAPES
-from .model_upload import checkpoint_upload
 from .state import (
     SOURCE_LABELS,
     SOURCE_SAMPLE,
@@ -130,6 +129,8 @@ def model_label(name: str) -> str:
 
 def start_host_checks() -> None:
     """Ask the checkpoint hosts once per server process, in the background, before anyone picks."""
+    if server_options.options().no_downloads:  # the operator turned downloads off: ask no host either
+        return
     for spec in MODELS.values():
         if spec.checkpoint.url:
             caches.checkpoint_host(spec.checkpoint.url)
@@ -250,11 +251,12 @@ def sidebar() -> View | None:
     view.adopt_all()  # a link's values, the session's first run
     if "_pending_model" in ss:  # a failed pick goes back here, before the widget exists
         ss["w_model"] = ss.pop("_pending_model")
+    model_upload.forget_evicted()  # the session's uploaded model was evicted: detr_shapes, and why
     if ss.get("w_model") not in MODELS:
         ss["w_model"], ss["_notice"] = _default_model()
 
     with st.sidebar:
-        checkpoint_upload()  # issue 14 (ui/model_upload.py): only with --allow-checkpoint-upload; before the picker
+        model_upload.checkpoint_upload()  # only with --allow-checkpoint-upload; before the picker
         st.selectbox(
             "Model",
             list(MODELS),
