@@ -181,17 +181,19 @@ def photo_box(page, index: int = 0, min_height: float = 50) -> dict:
     """The on-screen box of the photo in the `index`-th Plotly chart (the layout image)."""
     chart = page.locator('[data-testid="stPlotlyChart"]').nth(index)
     image = chart.locator(".imagelayer image")
+    box = None
     for attempt in range(3):  # a rerun may replace the chart while it is measured
         try:
             expect(image).to_have_count(1)
             chart.scroll_into_view_if_needed()
             page.wait_for_timeout(300)
             box = image.bounding_box()
-            break
+            if box and box["width"] > 50 and box["height"] > min_height:
+                break
         except playwright_api.Error:
             if attempt == 2:
                 raise
-            wait_idle(page)
+        wait_idle(page)  # replaced by a rerun (e.g. the width report's) while measured: measure again
     assert box and box["width"] > 50 and box["height"] > min_height
     return box
 

@@ -73,7 +73,7 @@ def server_log(server) -> str:
 
 def open_app(page, server, path: str = "") -> None:
     page.goto(server.url + path)
-    expect(page.get_by_text(re.compile(r"^model runs: \d+$"))).to_be_visible()
+    expect(page.get_by_text(re.compile(r"^model runs \(this session\): \d+$"))).to_be_visible()
     wait_idle(page)
 
 
@@ -227,3 +227,41 @@ def test_a_checkpoint_uploaded_in_the_browser_is_picked_and_shows_its_classes(pa
     shown = main.locator('[data-testid="stMultiSelect"]').inner_text()
     assert any(c in shown for c in CLASSES) and "class 0" not in shown, shown
     assert "Traceback" not in page.locator("body").inner_text()
+
+
+def test_a_checkpoint_given_on_the_command_line_shows_its_classes_and_queries(browser, tmp_path):
+    """Issue 14: `streamlit run app.py -- --checkpoint parts.pth --classes parts.txt --name parts` (a
+    7-class, 20-query main.py checkpoint): the app opens on it, Detect's filter lists its classes and
+    Decoder lists its queries (threshold 0: with random weights every query is a detection)."""
+    from test_model_upload import small_checkpoint
+
+    checkpoint = tmp_path / "parts.pth"
+    checkpoint.write_bytes(small_checkpoint())
+    names = tmp_path / "parts.txt"
+    names.write_text("\n".join(CLASSES))
+    env = {"TORCH_HOME": str(tmp_path / "torch_home"), "DETR_WEIGHTS_DIR": "", "DETR_OWN_MODELS": ""}
+    srv = StreamlitServer(
+        tmp_path / "own.log", env=env,
+        app_args=["--checkpoint", str(checkpoint), "--classes", str(names), "--name", "parts"],
+    ).start()  # fmt: skip
+    context = browser.new_context(viewport={"width": 1400, "height": 1050})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        open_app(page, srv, "/?src=sample&thr=0.00")
+        picker = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first
+        expect(picker.get_by_role("combobox")).to_have_value(re.compile(r"^parts \(your model: R50, 7 classes, 20 q"))
+        main = page.locator('[data-testid="stMain"]')
+        expect(main.get_by_role("heading", name=re.compile(r"^20 of 20 detections"))).to_be_visible()
+        shown = main.locator('[data-testid="stMultiSelect"]').inner_text()
+        assert any(c in shown for c in CLASSES) and "person" not in shown, shown
+        page.locator('[data-testid="stSidebarNav"] a').filter(has_text="Decoder attention").first.click()
+        expect(main.get_by_text(re.compile(r"^Selected detection: query \d+ · part\d"))).to_be_visible()
+        main.locator('[data-testid="stSelectbox"]').filter(has_text="Detection").get_by_role("combobox").click()
+        options = page.get_by_role("option").all_inner_texts()
+        queries = {int(m.group(1)) for o in options if (m := re.match(r"query (\d+):", o))}
+        assert queries == set(range(20)), options
+        assert "Traceback" not in page.locator("body").inner_text()
+    finally:
+        context.close()
+        srv.stop()
