@@ -113,7 +113,9 @@ def choose(page, label: str, option: str, options: list[str]) -> None:
     )
     kind = widget.get_attribute("data-testid")
     if kind == "stSelectbox":
-        widget.get_by_role("combobox").click()
+        combo = widget.get_by_role("combobox")
+        combo.click()
+        combo.fill(option)  # the list filters by what is typed
         page.get_by_role("option", name=option, exact=True).click()
     elif kind == "stSlider":
         thumb = widget.locator("input[type=range]").first  # its value: the option's index
@@ -176,7 +178,9 @@ class Session:
             widget = page.locator('[data-testid="stMain"] [data-testid="stSelectbox"]').filter(
                 has=page.get_by_text("Detection", exact=True)
             )
-            widget.get_by_role("combobox").click()
+            combo = widget.get_by_role("combobox")
+            combo.click()
+            combo.fill(label)  # the list filters by what is typed (a long list scrolls otherwise)
             page.get_by_role("option").filter(has_text=label).first.click()
 
         return timed(pick, page, [f"Selected detection: query {det.query} "])
@@ -238,7 +242,8 @@ def random_r50(workdir: Path) -> Path:
     torch.manual_seed(0)
     model = build_model("detr_resnet50")
     path = workdir / f"{R50_NAME}.pth"
-    torch.save({"model": model.state_dict()}, path)
+    args = argparse.Namespace(backbone="resnet50", dilation=False, position_embedding="sine", nheads=8, pre_norm=False)
+    torch.save({"model": model.state_dict(), "args": args}, path)  # main.py's layout
     return path
 
 
@@ -275,7 +280,7 @@ def run_model(browser, server, model: str, reps: int, workdir: Path, checkpoint:
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     if checkpoint is None:
-        from ui.state import scene_png
+        from ui.caches import scene_png
 
         data = scene_png(0)
         analysis, threshold = reference(model, None, data)
@@ -371,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                     label = f"{model} (random weights, 800x1066)" if ckpt else model
                     all_results[label] = run_model(browser, server, model if not ckpt else R50_NAME, args.reps,
                                                    workdir, ckpt)  # fmt: skip
-                    print(f"{label}: done", file=sys.stderr)
+                    print(table({label: all_results[label]}, args.reps), file=sys.stderr, flush=True)
                 browser.close()
         finally:
             server.stop()
