@@ -10,6 +10,7 @@ oversubscribe the cores and make a 64x96 ResNet-50 forward pass ten times slower
 from __future__ import annotations
 
 import os
+import urllib.error
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,3 +79,16 @@ def weights_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Pa
     weights_dir = tmp_path / "weights_dir"
     weights_dir.mkdir()
     return {"hub": hub, "bundled": bundled, "weights_dir": weights_dir}
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """A machine with no official checkpoint and no network: an empty torch hub cache, no
+    DETR_WEIGHTS_DIR, and `urlopen` failing as it does offline. The dashboard opens on detr_shapes."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv("DETR_WEIGHTS_DIR", raising=False)
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known (test: offline)")
+
+    monkeypatch.setattr("urllib.request.urlopen", no_network)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 import sys
-import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -53,15 +52,8 @@ def scene(shapes_model) -> int:
 
 
 @pytest.fixture(autouse=True)
-def offline(tmp_path, monkeypatch):
-    """No official checkpoint on this machine and no network: the app must open on detr_shapes."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv("DETR_WEIGHTS_DIR", raising=False)
-
-    def no_network(*args, **kwargs):
-        raise urllib.error.URLError("[Errno -2] Name or service not known (test: offline)")
-
-    monkeypatch.setattr("urllib.request.urlopen", no_network)
+def _offline(offline):
+    """Every test here runs on an offline machine (tests/conftest.py)."""
 
 
 def new_app(**query_params: str) -> AppTest:
@@ -153,6 +145,7 @@ def test_a_threshold_above_every_score_says_nothing_was_found(scene):
 
 
 def test_pages_sliders_and_picks_never_rerun_the_model():
+    caches.clear_caches()  # the new image below (scene 3) must not be cached by an earlier test file
     at = new_app(scene="2")
     no_problems(at)
     runs = caches.model_runs()

@@ -10,7 +10,6 @@ import io
 import json
 import sys
 import tempfile
-import urllib.error
 from pathlib import Path
 
 import pytest
@@ -49,10 +48,8 @@ def checkpoint() -> bytes:
 
 
 @pytest.fixture
-def server(tmp_path, monkeypatch):
+def server(tmp_path, monkeypatch, offline):
     """Offline, no official checkpoint, no model configured; uploads on (undo with allow=False)."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv("DETR_WEIGHTS_DIR", raising=False)
     monkeypatch.delenv(own_models.ENV, raising=False)
     monkeypatch.setattr(sys, "argv", ["app.py", "--allow-checkpoint-upload"])
     monkeypatch.setattr(own_models, "_done", False)
@@ -61,11 +58,6 @@ def server(tmp_path, monkeypatch):
     monkeypatch.setattr(model_upload, "_HELD", type(model_upload._HELD)())
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-
-    def no_network(*args, **kwargs):
-        raise urllib.error.URLError("offline (test)")
-
-    monkeypatch.setattr("urllib.request.urlopen", no_network)
     from streamlit import config
 
     limit = config.get_option("server.maxUploadSize")

@@ -15,7 +15,6 @@ import os
 import site
 import sys
 import threading
-import urllib.error
 from pathlib import Path
 
 import pytest
@@ -80,15 +79,8 @@ def _outside(paths: list[str], roots: list[Path]) -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def offline(tmp_path, monkeypatch):
-    """No official checkpoint here and no network: the app opens on the bundled detr_shapes."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv("DETR_WEIGHTS_DIR", raising=False)
-
-    def no_network(*args, **kwargs):
-        raise urllib.error.URLError("offline (test)")
-
-    monkeypatch.setattr("urllib.request.urlopen", no_network)
+def _offline(offline):
+    """Every test here runs on an offline machine (tests/conftest.py)."""
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ numbers asserted below hold on any x86 CPU."""
 from __future__ import annotations
 
 import sys
-import urllib.error
 from pathlib import Path
 
 import pytest
@@ -37,14 +36,8 @@ def forget_analyses():
 
 
 @pytest.fixture(autouse=True)
-def offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv("DETR_WEIGHTS_DIR", raising=False)
-
-    def no_network(*args, **kwargs):
-        raise urllib.error.URLError("offline (test)")
-
-    monkeypatch.setattr("urllib.request.urlopen", no_network)
+def _offline(offline):
+    """Every test here runs on an offline machine (tests/conftest.py)."""
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import string
 import sys
-import urllib.error
 from pathlib import Path
 
 import pytest
@@ -53,15 +52,6 @@ def test_plain_escapes_every_markdown_character_and_reads_back_as_the_name(name)
         assert word not in name or (word + JOINER in escaped or JOINER + word in escaped), escaped
 
 
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv("DETR_WEIGHTS_DIR", raising=False)
-
-    def no_network(*args, **kwargs):
-        raise urllib.error.URLError("offline (test)")
-
-    monkeypatch.setattr("urllib.request.urlopen", no_network)
 
 
 def test_upload_names_reach_the_page_escaped(offline):
