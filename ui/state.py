@@ -127,7 +127,30 @@ def persist_page_widgets() -> None:
     a busy server, several sessions at once) sent back the widget's default instead, the model
     picker's first entry, DETR R50: the session switched model by itself, tried a 159 MB download,
     and lost its image source to the fallback.
+
+    A widget the visitor changed since the last run is not pinned in this run: its value comes from
+    the browser already, and re-sending it resets the control in use. A slider moved by a burst of
+    key presses commits once while the run it started is drawing; that run's re-sent value put the
+    slider back, and the rest of the burst was lost (tests/test_browser.py, the threshold burst).
     """
-    for key in list(st.session_state.keys()):
+    ss = st.session_state
+    last = ss.get(_PINNED_VALUES, {})
+    pinned = {}
+    for key in list(ss.keys()):
         if isinstance(key, str) and (key.startswith("p_") or key in PINNED_SIDEBAR_KEYS):
-            st.session_state[key] = st.session_state[key]
+            value = ss[key]
+            pinned[key] = value
+            if key in last and not _same(last[key], value):
+                continue  # changed in the browser since the last run
+            ss[key] = value
+    ss[_PINNED_VALUES] = pinned
+
+
+_PINNED_VALUES = "_pinned_values"  # session key: {widget key: value} as the last run pinned them
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # e.g. arrays, whose == is elementwise
+        return a is b
