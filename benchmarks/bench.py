@@ -91,7 +91,13 @@ def hf_peer(h: int, w: int, device: torch.device):
         from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
     except ImportError:
         return None
-    cfg = DetrConfig(backbone_config=ResNetConfig(out_features=["stage4"]), num_labels=91, attn_implementation="eager")
+    cfg = DetrConfig(
+        use_timm_backbone=False,
+        backbone=None,  # transformers >= 4.45 refuses a backbone_config beside its default backbone name
+        backbone_config=ResNetConfig(out_features=["stage4"]),
+        num_labels=91,
+        attn_implementation="eager",
+    )
     model = DetrForObjectDetection(cfg).eval().to(device)
     x = torch.randn(1, 3, h, w, device=device)
 

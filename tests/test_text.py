@@ -52,8 +52,6 @@ def test_plain_escapes_every_markdown_character_and_reads_back_as_the_name(name)
         assert word not in name or (word + JOINER in escaped or JOINER + word in escaped), escaped
 
 
-
-
 def test_upload_names_reach_the_page_escaped(offline):
     at = AppTest.from_file(APP, default_timeout=180)
     at.query_params = {"model": "detr_shapes", "src": "upload"}
@@ -67,3 +65,45 @@ def test_upload_names_reach_the_page_escaped(offline):
     errors = [e.value for e in at.error]
     assert any(plain(bad) in e and "cannot be analyzed" in e for e in errors), errors
     assert not any(bad in e for e in errors), errors
+
+
+PLOTLY_HOSTILE = '<a href="http://127.0.0.1:9/x">cat</a> <b>&amp;</b><br><span style="font-size:90px">x</span>'
+
+
+def _plotly_strings(fig) -> list[str]:
+    """Every label Plotly renders as its HTML subset: hover texts, trace names, annotations, tick labels."""
+    out = [a.text for a in fig.layout.annotations]
+    for trace in fig.data:
+        out.append(trace.name or "")
+        text = getattr(trace, "text", None)
+        out.extend([text] if isinstance(text, str) else list(text or ()))
+        out.extend(str(x) for x in (getattr(trace, "x", None) or ()) if isinstance(x, str))
+    return [s for s in out if s]
+
+
+def test_class_names_reach_plotly_labels_as_text():
+    """A class name from a user's model (its config's id2label) can hold Plotly's HTML subset: a link,
+    bold, a line break, a style. Every label carrying it has the name with `&`, `<`, `>` as entities
+    (Plotly decodes them between tags only), and nothing else of the name is a tag."""
+    from PIL import Image
+
+    from detr_core.analysis.stats import DetectionStats
+    from detr_core.io.image import Geometry
+    from detr_core.io.postprocess import Detection
+    from ui import figures
+    from ui.text import plotly_text
+
+    escaped = plotly_text(PLOTLY_HOSTILE)
+    assert "<" not in escaped and ">" not in escaped and "&amp;amp;" in escaped
+    det = Detection(query=3, class_id=1, class_name=PLOTLY_HOSTILE, score=0.9, box=(10.0, 10.0, 50.0, 40.0))
+    geometry = Geometry(orig_h=64, orig_w=64, input_h=64, input_w=64, feat_h=2, feat_w=2, stride=32)
+    photo = Image.new("RGB", (64, 64))
+    figs = [figures.detections_figure(photo, geometry, [det], clickable=clickable) for clickable in (False, True)] + [
+        figures.share_figure([DetectionStats(0.5, 0.1, 2.0, query=3, class_name=PLOTLY_HOSTILE, score=0.9)])
+    ]
+    for fig in figs:
+        labels = [s for s in _plotly_strings(fig) if "cat" in s]
+        assert labels, "the class name reaches no label"
+        for label in labels:
+            assert escaped in label, label
+            assert "<a" not in label and "<span" not in label and "&amp;<" not in label, label

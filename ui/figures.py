@@ -23,6 +23,8 @@ from detr_core.io.image import Geometry
 from detr_core.io.postprocess import Detection
 from detr_core.io.render import color_of
 
+from .text import plotly_text
+
 PHOTO_HEIGHT = 520
 MIN_HEIGHT, MAX_HEIGHT = 40, 760  # px: a tall photo does not fill three screens
 
@@ -130,7 +132,7 @@ def _box_path(box) -> tuple[list[float], list[float]]:
 def _hover_text(det: Detection) -> str:
     x0, y0, x1, y1 = det.box
     return (
-        f"<b>{det.class_name}</b><br>score {det.score:.3f}<br>query {det.query}<br>"
+        f"<b>{plotly_text(det.class_name)}</b><br>score {det.score:.3f}<br>query {det.query}<br>"
         f"box ({x0:.0f}, {y0:.0f}) - ({x1:.0f}, {y1:.0f})"
     )
 
@@ -153,15 +155,16 @@ def detections_figure(
         x0, y0 = det.box[:2]
         # Hover anywhere inside the box: Plotly's fill hover shows the trace's scalar `text` (never its
         # hovertemplate). With `clickable`, the centre markers below carry the hover text and the clicks.
+        name = plotly_text(det.class_name)
         box_hover = (
             dict(hoverinfo="skip") if clickable else dict(hoveron="fills", text=_hover_text(det), hoverinfo="text")
         )
         fig.add_trace(go.Scatter(
             x=xs, y=ys, mode="lines", fill="toself", fillcolor=rgb(i, 0.06 if clickable else 0.02),
-            line=dict(color=rgb(i), width=width), name=f"{det.class_name} (query {det.query})", **box_hover,
+            line=dict(color=rgb(i), width=width), name=f"{name} (query {det.query})", **box_hover,
         ))  # fmt: skip
         fig.add_annotation(
-            x=x0, y=y0, text=f"{det.class_name}: {det.score:.2f}", showarrow=False, xanchor="left",
+            x=x0, y=y0, text=f"{name}: {det.score:.2f}", showarrow=False, xanchor="left",
             yanchor="bottom", font=dict(color="white", size=12), bgcolor=rgb(i),
         )  # fmt: skip
     if clickable and detections:
@@ -190,7 +193,7 @@ def layers_figure(values: list[float], title: str, ytitle: str, height: int = 28
 
 def share_figure(rows: Sequence[DetectionStats], height: int = 300) -> go.Figure:
     """Per detection: share of its cross-attention inside its box vs chance."""
-    labels = [f"q{r.query} {r.class_name}" for r in rows]
+    labels = [f"q{r.query} {plotly_text(r.class_name)}" for r in rows]
     fig = go.Figure()
     fig.add_trace(go.Bar(x=labels, y=[100 * r.share_in_box for r in rows], name="attention inside box"))
     fig.add_trace(go.Bar(x=labels, y=[100 * r.chance for r in rows], name="chance (box area share)"))

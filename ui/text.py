@@ -10,13 +10,18 @@ control characters into spaces, so the name reads exactly as it is spelled. Stre
 anything that looks like an address (`http://...`, `www.`..., `a@b.c`) into a link after escapes and
 entities are decoded (checked in Chromium): an invisible WORD JOINER (U+2060) after `http`, `https`,
 `ftp`, `mailto` and `www` and before `@` keeps those as text.
+
+Plotly reads its labels (hover text, annotations, trace names, tick labels) as a small HTML subset
+(`<a href>`, `<b>`, `<br>`, `<span style>`) and decodes entities only in the text between tags:
+`plotly_text(name)` writes `&`, `<` and `>` as entities, so a class name shows exactly as spelled.
 """
 
 from __future__ import annotations
 
+import html
 import re
 
-__all__ = ["JOINER", "plain"]
+__all__ = ["JOINER", "plain", "plotly_text"]
 
 JOINER = "\u2060"  # WORD JOINER: zero width, breaks Streamlit's link detection
 # Characters that start Markdown, GFM or Streamlit constructs anywhere in a line: emphasis, code,
@@ -36,3 +41,8 @@ def plain(text: object) -> str:
     unlinked = _LINKISH.sub(lambda m: m.group(1) + JOINER, str(text)).replace("@", JOINER + "@")
     escaped = _LOOSE_UNDERSCORE.sub(r"\\_", unlinked.translate(_ALWAYS))
     return _LINE_START.sub(lambda m: m.group(1) + m.group(2)[:-1] + "\\" + m.group(2)[-1], escaped)
+
+
+def plotly_text(text: object) -> str:
+    """`text` for a Plotly label: its HTML subset shows literally."""
+    return html.escape(str(text), quote=False)
