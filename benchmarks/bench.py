@@ -25,8 +25,6 @@ first analysis.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import statistics
 import subprocess
@@ -38,6 +36,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from machine import cpu_description  # benchmarks/machine.py (this script's folder)
 
 from detr_core import build_model
 from detr_core.analysis.attention import decoder_map, encoder_map
@@ -94,6 +94,7 @@ def hf_peer(h: int, w: int, device: torch.device):
     cfg = DetrConfig(
         use_timm_backbone=False,
         backbone=None,  # transformers >= 4.45 refuses a backbone_config beside its default backbone name
+        use_pretrained_backbone=False,
         backbone_config=ResNetConfig(out_features=["stage4"]),
         num_labels=91,
         attn_implementation="eager",
@@ -225,9 +226,8 @@ def main() -> None:
         print("... detr_shapes 128x128", file=sys.stderr, flush=True)
         bench_model("detr_shapes", 128, 128, max(args.runs, 20), rows, extras, args)
 
-    cpu = platform.processor() or platform.machine()
     on_gpu = args.device.startswith("cuda")
-    device = torch.cuda.get_device_name(0) if on_gpu else f"CPU ({cpu}, {os.cpu_count()} cores)"
+    device = torch.cuda.get_device_name(0) if on_gpu else f"CPU ({cpu_description()})"
     lines = [
         f"Machine: {device}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"median of {args.runs} interleaved runs (at least 20 for detr_shapes) after a warm-up.",
