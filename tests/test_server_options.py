@@ -82,3 +82,22 @@ def test_a_deep_link_to_an_official_model_downloads_nothing_with_no_downloads(no
     assert no_official == []
     labels = at.sidebar.selectbox(key="w_model").options  # the picker does not offer downloads
     assert any("needs a file" in label for label in labels) and not any("downloadable" in x for x in labels), labels
+
+
+def test_the_opening_notice_does_not_offer_downloads_with_no_downloads(no_official, monkeypatch):
+    """With no official checkpoint on the machine the explorer opens on detr_shapes with a notice; with
+    --no-downloads that notice must not tell the visitor to pick a model to download its weights."""
+    monkeypatch.setattr(own_models, "_done", False)
+    monkeypatch.setattr(own_models, "MODELS_OWN", {})
+    monkeypatch.setattr(own_models, "ERRORS", [])
+    notices = {}
+    for argv in (["app.py"], ["app.py", "--no-downloads"]):
+        monkeypatch.setattr(sys, "argv", argv)
+        monkeypatch.setenv(weights.NO_DOWNLOADS_ENV, "")
+        at = AppTest.from_file(APP, default_timeout=180)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        notices[len(argv)] = " ".join(i.value for i in at.sidebar.info)
+    assert "No official DETR checkpoint" in notices[1] and "to download its weights" in notices[1], notices
+    assert "No official DETR checkpoint" in notices[2] and "download its weights" not in notices[2], notices
+    assert "does not download checkpoints" in notices[2], notices

@@ -82,9 +82,13 @@ def _default_model() -> tuple[str, str | None]:
     for name in OFFICIAL_PREFERENCE:
         if name in MODELS and model_status(MODELS[name]) == "available":
             return name, None
+    if server_options.options().no_downloads:
+        then = "this server does not download checkpoints: its operator can add them"
+    else:
+        then = "pick an official model to download its weights"
     return SHAPES, (
         "No official DETR checkpoint is on this machine, so the explorer opened on the bundled "
-        "detr_shapes model (pick an official model to download its weights)."
+        f"detr_shapes model ({then})."
     )
 
 
