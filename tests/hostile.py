@@ -14,6 +14,7 @@ The file is imported by tests and by benchmarks/load_test.py; it is not a test m
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 from collections.abc import Callable
@@ -144,9 +145,7 @@ def gray16_png() -> bytes:
     return encode(img, "PNG")
 
 
-def tiff(
-    pixels: np.ndarray, photometric: int, sample_format: int = 1, extra_samples: tuple[int, ...] = ()
-) -> bytes:
+def tiff(pixels: np.ndarray, photometric: int, sample_format: int = 1, extra_samples: tuple[int, ...] = ()) -> bytes:
     """A baseline little-endian TIFF written by hand (not by PIL): one uncompressed strip of `pixels`
     ([h, w] or [h, w, samples], any numpy dtype), with the given photometric interpretation
     (1 min-is-black, 2 RGB, 8 CIELab), SampleFormat (1 unsigned, 2 signed, 3 float) and ExtraSamples
@@ -279,3 +278,115 @@ def write_corpus(folder: Path, cases: list[Case] | None = None) -> dict[str, Pat
         path.write_bytes(case.data)
         paths[case.name] = path
     return paths
+
+
+# ------------------------------------------------------------------------------------------------
+# structure: JPEG segments and PNG chunks (tests/test_fuzz.py mutates files at this level)
+
+_JPEG_NO_LENGTH = {0x01, *range(0xD0, 0xDA)}  # TEM, RSTn, SOI and EOI have no length field
+_END_OF_ENTROPY = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # entropy data stuffs 0xFF as FF00; RSTn lie inside it
+
+
+def jpeg_segment(marker: int, payload: bytes) -> bytes:
+    """One marker segment: 0xFF, the marker, the big-endian length (payload + 2), the payload."""
+    return bytes((0xFF, marker)) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def jpeg_segments(data: bytes) -> list[bytes]:
+    """A JPEG -> its segments, which `b"".join` puts back together byte for byte.
+
+    SOI; each marker segment (marker, length, payload); a SOS segment together with the entropy-coded
+    data after its header (RSTn markers included); each 0xFF fill byte on its own; EOI; and whatever
+    follows EOI, or bytes that are not a marker where one should be, as one last piece.
+    """
+    out, pos, end = [], 0, len(data)
+    while pos < end:
+        if data[pos] != 0xFF or pos + 1 >= end:
+            out.append(data[pos:])
+            break
+        marker = data[pos + 1]
+        if marker == 0xFF:  # a fill byte before a marker
+            out.append(data[pos : pos + 1])
+            pos += 1
+            continue
+        if marker in _JPEG_NO_LENGTH:
+            out.append(data[pos : pos + 2])
+            pos += 2
+            if marker == 0xD9 and pos < end:
+                out.append(data[pos:])
+                break
+            continue
+        stop = min(pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big"), end)
+        if marker == 0xDA:
+            found = _END_OF_ENTROPY.search(data, stop)
+            stop = found.start() if found else end
+        out.append(data[pos:stop])
+        pos = stop
+    return out
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_chunks(data: bytes) -> list[bytes]:
+    """A valid PNG -> its chunks, each whole (length, type, data, CRC); `png_file` joins them again."""
+    assert data[:8] == PNG_SIGNATURE, "not a PNG"
+    out, pos = [], 8
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        out.append(data[pos : pos + 12 + length])
+        pos += 12 + length
+    assert pos == len(data), "a PNG with bytes after its last chunk"
+    return out
+
+
+def png_file(chunks: list[bytes]) -> bytes:
+    return PNG_SIGNATURE + b"".join(chunks)
+
+
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+
+
+def png_scanlines(pixels: np.ndarray, depth: int) -> bytes:
+    """Rows of `pixels` ([h, w] or [h, w, c] of integers below 2**depth), each after filter byte 0."""
+    h = pixels.shape[0]
+    flat = pixels.reshape(h, -1).astype(np.uint32)
+    if depth == 16:
+        rows = flat.astype(">u2").view(np.uint8).reshape(h, -1)
+    elif depth == 8:
+        rows = flat.astype(np.uint8)
+    else:  # 1, 2 or 4 bits: several samples to a byte, the first in the high bits
+        per = 8 // depth
+        padded = np.zeros((h, -(-flat.shape[1] // per) * per), np.uint32)
+        padded[:, : flat.shape[1]] = flat
+        groups = padded.reshape(h, -1, per)
+        shifts = np.arange(per - 1, -1, -1, dtype=np.uint32) * depth
+        rows = (groups << shifts).sum(axis=2).astype(np.uint8)
+    return b"".join(b"\x00" + row.tobytes() for row in rows)
+
+
+def png_raw(
+    pixels: np.ndarray,
+    depth: int,
+    colour: int,
+    interlace: bool = False,
+    palette: bytes | None = None,
+    idat_pieces: int = 1,
+) -> bytes:
+    """A PNG written by hand (not by PIL): any legal bit depth and colour type, Adam7 interlaced or
+    not, its zlib stream split into `idat_pieces` IDAT chunks of about the same size."""
+    h, w = pixels.shape[:2]
+    if interlace:
+        passes = [pixels[y0::dy, x0::dx] for x0, y0, dx, dy in _ADAM7]
+        raw = b"".join(png_scanlines(p, depth) for p in passes if p.size)
+    else:
+        raw = png_scanlines(pixels, depth)
+    stream = zlib.compress(raw, 9)
+    step = -(-len(stream) // idat_pieces)
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, int(interlace))
+    chunks = [png_chunk(b"IHDR", ihdr)]
+    if palette is not None:
+        chunks.append(png_chunk(b"PLTE", palette))
+    chunks += [png_chunk(b"IDAT", stream[i : i + step]) for i in range(0, len(stream), step)]
+    return png_file([*chunks, png_chunk(b"IEND", b"")])
