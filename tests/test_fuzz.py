@@ -249,7 +249,14 @@ def j_fill_bytes(rng, segs, base):
     k = rng.choice([1, 2, 7, 100, 1023, 1024, 1025, 5000])
     segs.insert(rng.randrange(1, len(segs)), b"\xff" * k)
     fill = sum(len(s) for s in segs if s == b"\xff" * len(s))
-    return segs, k <= 1023 and fill <= image_module.MAX_JPEG_FILL_BYTES  # 1024 in a row: refused (image.py)
+    return segs, k <= image_module.MAX_JPEG_FILL_RUN and fill <= image_module.MAX_JPEG_FILL_BYTES
+
+
+def j_junk_bytes(rng, segs, base):
+    """Bytes that are not a marker between two segments (libjpeg skips them with a warning)."""
+    junk = bytes(rng.randrange(255) for _ in range(rng.choice([1, 16, 1000])))  # no 0xFF: not a marker
+    segs.insert(rng.randrange(2, len(segs)), junk)
+    return segs, False
 
 
 def j_stray_marker(rng, segs, base):
@@ -386,12 +393,16 @@ def _exif_garbage(rng) -> bytes:
 def j_app_segment(rng, segs, base):
     """Before the frame: a comment or an unknown APP15 (benign), or EXIF, ICC, Adobe, JFIF garbage."""
     kind = rng.randrange(6)
-    payload = bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 16, 300])))
+    payload = rng.choice([
+        bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 16, 300]))),
+        b"\xff" * 2000,  # payload bytes, not padding (a white EXIF thumbnail, a clipped ICC curve)
+        b"\xff\xda" * 200,  # nor scans
+    ])  # fmt: skip
     marker, body = {
         0: (0xFE, payload),  # COM
         1: (0xEF, payload),  # APP15, nobody's
         2: (0xE1, _exif_garbage(rng)),
-        3: (0xE2, b"ICC_PROFILE\x00" + bytes([rng.randrange(4), rng.randrange(4)]) + payload),
+        3: (0xE2, b"ICC_PROFILE\x00" + rng.choice([b"\x01\x01", bytes(rng.randrange(4) for _ in "ab")]) + payload),
         4: (0xEE, b"Adobe" + bytes([0, 100, 0, 0, 0, 0, rng.randrange(4)])[: rng.randrange(8)]),  # colour transform
         5: (0xE0, b"JFIF\x00" + payload[:9]),
     }[kind]
@@ -416,7 +427,7 @@ def j_soi_eoi(rng, segs, base):
 JPEG_OPS: dict[str, Callable] = {f.__name__[2:]: f for f in (
     j_dup_scan, j_drop_scan, j_reorder_scans, j_drop_segment, j_segment_length, j_sof_dims, j_sof_components,
     j_sof_type, j_fill_bytes, j_stray_marker, j_truncate_in_scan, j_repeat_dht, j_dht_corrupt, j_restart_interval,
-    j_spectral, j_sos_components, j_dqt, j_app_segment, j_soi_eoi,
+    j_spectral, j_sos_components, j_dqt, j_app_segment, j_soi_eoi, j_junk_bytes,
 )}  # fmt: skip
 
 
@@ -835,6 +846,42 @@ def test_the_run_uses_every_operator_on_every_format_and_both_outcomes(in_proces
     assert 0.05 < sum(outcomes) / len(outcomes) < 0.95, sum(outcomes)
     m = mutants()[MUTANTS - MUTANTS // 2 + 5]
     assert mutant(m.index, m.fmt).data == m.data and m.fmt == "png"  # rebuilt from its index alone
+
+
+# ------------------------------------------------------------------------------------------------
+# what this run found (the minimal mutants)
+
+
+def _with_segment(data: bytes, seg: bytes, at: int = 2) -> bytes:
+    segs = hostile.jpeg_segments(data)
+    return b"".join(segs[:at]) + seg + b"".join(segs[at:])
+
+
+def test_payload_bytes_are_not_taken_for_fill_or_scans(in_process):
+    """Found by this run: a comment or an ICC profile holding a run of 2,000 0xFF bytes (a white EXIF
+    thumbnail, a clipped ICC curve can) was refused as "2000 bytes of 0xFF padding between markers;
+    at most 65536 are accepted", and one holding 200 0xFFDA pairs as a 210-scan "scan bomb":
+    the structure check counted bytes in the whole file, payloads included."""
+    base = jpeg_bases()[0]
+    icc = b"ICC_PROFILE\x00\x01\x01" + b"\x00" * 128
+    for seg in (jpeg_segment(0xFE, b"\xff" * 2000), jpeg_segment(0xE2, icc + b"\xff\xda" * 200),
+                jpeg_segment(0xE1, b"Exif\x00\x00" + b"\xff" * 60_000)):  # fmt: skip
+        img, error, _ = decode(_with_segment(base.data, seg))
+        assert img is not None, error
+        assert img.tobytes() == base_pixels(base.name)
+
+
+def test_fill_bytes_are_refused_past_their_limits_with_a_message_that_says_which(in_process):
+    """Found by this run: 1,024 fill bytes before one marker were refused as "512 bytes of 0xFF padding
+    between markers; at most 65536 are accepted" (pairs were counted, and the marker's own 0xFF)."""
+    base = jpeg_bases()[0]
+    limit = image_module.MAX_JPEG_FILL_RUN
+    img, error, _ = decode(_with_segment(base.data, b"\xff" * limit))
+    assert img is not None and img.tobytes() == base_pixels(base.name), error
+    _, error, _ = decode(_with_segment(base.data, b"\xff" * (limit + 1)))
+    assert f"has {limit + 1} bytes of 0xFF padding in a row before a marker; at most {limit} in a row" in error
+    _, error, _ = decode(_with_segment(base.data, (b"\xff" * 1000 + jpeg_segment(0xFE, b"")) * 100))
+    assert error.startswith(f"this JPEG has 100000 bytes of 0xFF padding between markers; at most {2**16} are")
 
 
 # ------------------------------------------------------------------------------------------------

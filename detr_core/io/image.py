@@ -32,6 +32,7 @@ MAX_PIXELS = 40_000_000  # larger images are refused before they are decoded (de
 MAX_FILE_BYTES = 100 * 2**20  # files are read only up to this size (and only regular files)
 MAX_JPEG_SCANS = 100  # libjpeg writes at most ~10 for a progressive file; thousands are a "scan bomb"
 MAX_JPEG_FILL_BYTES = 64 * 2**10  # 0xFF fill bytes between markers (legal, but megabytes cost minutes)
+MAX_JPEG_FILL_RUN = 1024  # of them before one marker
 MAX_PNG_CHUNKS = 20_000  # IDATs included; 2 million unknown ancillary chunks cost half a minute
 MAX_PNG_ANCILLARY = 1_000
 # "1": decode bytes and files in the budgeted worker pool of `decode_budget` (CPU, memory and time
@@ -194,21 +195,59 @@ def read_file(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> bytes:
     return data
 
 
-_FILL_RUN = re.compile(rb"\xff{1025,}")
+_FILL_RUN = re.compile(rb"\xff{%d,}" % (MAX_JPEG_FILL_RUN + 2))  # fill bytes and the marker's own 0xFF
+_FF_RUN = re.compile(rb"\xff+")
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # entropy data stuffs 0xFF as FF00; RSTn lie inside it
+
+
+def _jpeg_markers(data: bytes) -> tuple[int, int, int]:
+    """(scans, 0xFF fill bytes, most fill bytes before one marker) of a JPEG, found by walking its
+    marker segments.
+
+    Only markers count: a segment's payload (an ICC profile, EXIF and its thumbnail, a comment) may
+    hold any bytes, 0xFFDA and long runs of 0xFF included. Entropy-coded data and junk between
+    segments are skipped to the next marker.
+    """
+    pos, end, scans, total, most = 2, len(data), 0, 0, 0
+    while pos < end:
+        run = _FF_RUN.match(data, pos)
+        if run is None:
+            nxt = _NEXT_MARKER.search(data, pos)
+            if nxt is None:
+                break
+            pos = nxt.start()
+            continue
+        fill = run.end() - pos - 1  # the last 0xFF is the marker's
+        total, most = total + fill, max(most, fill)
+        pos = run.end() + 1
+        marker = data[pos - 1] if pos <= end else 0
+        scans += marker == 0xDA
+        if marker not in (0x00, 0x01, *range(0xD0, 0xDA)):  # a marker with a length
+            pos += int.from_bytes(data[pos : pos + 2], "big")
+    return scans, total, most
 
 
 def refuse_costly(data: bytes) -> None:
     """Refuse, before decoding, files whose structure alone shows they would cost minutes.
 
-    JPEG: the count of scans (SOS markers; entropy-coded data stuffs 0xFF as 0xFF00, so 0xFFDA is
-    always a marker) and of 0xFF fill bytes. PNG: the count of chunks and of ancillary chunks.
+    JPEG: the count of scans (SOS markers) and of 0xFF fill bytes before markers, in all and before
+    one marker (markers found by walking the segments: an ICC profile or EXIF may hold any bytes).
+    PNG: the count of chunks and of ancillary chunks.
     """
     if data[:2] == b"\xff\xd8":
-        scans = data.count(b"\xff\xda")
+        scans, fill, most = 0, 0, 0
+        # whole-file counts first (fast; they include segment payloads): the walk only where they are high
+        pairs = data.count(b"\xff\xff")  # at least half the 0xFF fill bytes
+        if data.count(b"\xff\xda") > MAX_JPEG_SCANS or 2 * pairs > MAX_JPEG_FILL_BYTES or _FILL_RUN.search(data):
+            scans, fill, most = _jpeg_markers(data)
         if scans > MAX_JPEG_SCANS:
             raise ImageError(f"this JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are accepted (a 'scan bomb')")
-        fill = data.count(b"\xff\xff")
-        if fill > MAX_JPEG_FILL_BYTES or _FILL_RUN.search(data):
+        if most > MAX_JPEG_FILL_RUN:
+            raise ImageError(
+                f"this JPEG has {most} bytes of 0xFF padding in a row before a marker; "
+                f"at most {MAX_JPEG_FILL_RUN} in a row are accepted"
+            )
+        if fill > MAX_JPEG_FILL_BYTES:
             raise ImageError(
                 f"this JPEG has {fill} bytes of 0xFF padding between markers; "
                 f"at most {MAX_JPEG_FILL_BYTES} are accepted"
