@@ -11,20 +11,35 @@ R_qq) and zeros (query-image R_qi):
 where norm(R) removes the identity, scales each row to sum 1 and adds the identity back. The
 relevance of query q over the image is row q of R_qi.
 
-Only that one row is needed, so R_ii (HW x HW, a product of one HW x HW matrix per encoder layer:
-HW^3 work each, minutes for R50-DC5's 3,350 tokens) is never formed. Every cross-attention term
-right-multiplies by the same norm(R_ii), so R_qi = U norm(R_ii) with U accumulated like R_qi
-without that factor, and row q of it is u^T norm(R_ii) = (u / s)^T (R_ii - I) + u^T, where s holds
-the row sums of R_ii - I. Both s = R_ii 1 - 1 and (u / s)^T R_ii are chains of matrix-vector
-products through the encoder layers: HW^2 work per layer, the same numbers to float64 rounding.
+What row q needs (and why R_ii, HW x HW, is never formed: a product of one HW x HW matrix per
+encoder layer, HW^3 work each, minutes for R50-DC5's 3,350 cells):
+1. The encoder ends before the decoder starts, so R_ii is fixed while R_qi accumulates. Every
+   cross-attention term ends in the same factor norm(R_ii), and the decoder self-attention update
+   left-multiplies R_qi, which keeps that factor on the right; by induction over the decoder layers
+   R_qi = U norm(R_ii), with U [Q, HW] accumulated by the same rules without the factor (U += Ā U;
+   U += norm(R_qq)^T Ā). The decoder's matrices are Q x Q and Q x HW (Q = 100): negligible work.
+2. R_ii - I >= 0 entrywise (products of I + Ā, Ā >= 0), so its row sums s = R_ii 1 - 1 are >= 0 and
+   a zero sum means a zero row; norm(R_ii) = D^-1 (R_ii - I) + I with D = diag(s) (1 where s = 0:
+   the row stays zero). Row q: u^T norm(R_ii) = w^T R_ii - w^T + u^T with u = U[q], w = D^-1 u.
+3. R_ii = (I + Ā_L) ... (I + Ā_1): s is the chain Ā_1 first applied to 1, w^T R_ii the chain Ā_L
+   first applied to w^T: 2 HW^2 work per layer. The second chain needs w, so s, so every encoder Ā,
+   first: each Ā_l is kept (float32, HW^2 x 4 bytes: 45 MB at 3,350 cells).
+4. Nothing smaller suffices in general: s_j involves every entry of every Ā_l (its row j of Ā_L,
+   then the rows those columns reach), and u is dense over the image (the cross-attention Ā rows
+   of every query that q's self-attention mixes in). So each encoder layer's whole Ā, hence its
+   whole dL/dA = dL/dout v^T, is needed: a full backward pass through the transformer, but only
+   Ā where a layer's inputs need no gradient (the first encoder layer: its q, k and v gradients
+   would only reach the features, which the map does not ask for).
 
-This needs gradients, so it runs its own forward pass: hooks replace each attention's output with
-an equal one from `RelevanceAttention`, an autograd function of the scaled queries, keys and values
-whose forward is the fused kernel (keeping only q, k, v, the output and the row log-sum-exp, never
-the [nh, T_q, T_k] weights) and whose backward rebuilds the weights block by block (analysis/kernel.py)
-and, with the gradients of q, k and v, hands that layer's Ā to the recorder. At most BLOCK_ROWS rows
-of one layer's weights exist at a time (R50-DC5 at 800x1066: 55 MB per block instead of 360 MB per
-layer kept for the whole backward pass). The model is not edited and nothing is written to its
+This needs gradients, so it runs its own forward pass: the backbone without autograd (a folded
+model's weights may require gradients: its saved activations would double the pass's memory), then
+hooks replace each attention's output with an equal one from `RelevanceAttention`, an autograd
+function of the scaled queries, keys and values whose forward is the fused kernel (keeping only q,
+k, v, the output and the row log-sum-exp, never the [nh, T_q, T_k] weights) and whose backward
+rebuilds the weights block by block (analysis/kernel.py) into buffers every layer reuses and, with
+the gradients of q, k and v, hands that layer's Ā to the recorder. At most BLOCK_ROWS rows of one
+layer's weights exist at a time (R50-DC5 at 800x1066: 55 MB per block instead of 360 MB per layer
+kept for the whole backward pass). The model is not edited and nothing is written to its
 parameters' .grad. Call it on demand for one query, then cache it.
 """
 
