@@ -71,3 +71,15 @@ def test_the_module_is_pure():
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported <= {"__future__", "math", "dataclasses", "typing"}, imported
+
+
+def test_relevance_for_r50_dc5_at_800x1066_is_offered_and_a_much_larger_request_is_not():
+    """R50-DC5 at 800/1333 on a 4:3 image: 800 x 1066 -> 50 x 67 = 3,350 cells, within the targets of
+    issue #15 (8 s, 1.5 GB above a captured pass); a 40-megapixel photo at the largest sizes is refused."""
+    dc5_800x1066 = 50 * 67
+    verdict = check_budget("relevance", dc5_800x1066, min_size=800, max_size=1333)
+    assert verdict.ok and verdict.message is None
+    assert verdict.cost.seconds <= 8.0 and verdict.cost.gigabytes <= 1.5
+    too_big = check_budget("relevance", PHOTO_40MP_TOKENS, **LARGEST)
+    assert not too_big.ok and "a relevance map at 12,300 feature cells" in too_big.message
+    assert dc5_800x1066 < too_big.max_tokens < PHOTO_40MP_TOKENS

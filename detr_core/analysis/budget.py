@@ -8,19 +8,19 @@ A visitor picks the image and the preprocessing sizes, and with them N, the numb
 - "rollout": one rollout map (`rollout.rollout_vector`, asked for at every click with layer
   "rollout"): one matrix-vector product through every layer's whole map;
 - "relevance": one query's relevance map (`relevance.relevance`): a forward and a backward pass
-  that rebuilds every layer's map, and keeps one [N x N] matrix per encoder layer.
+  that rebuilds every layer's map block by block, and keeps one [N x N] float32 Ā per encoder layer.
 
 `estimate` says what a request costs (seconds on one 2-core CPU, gigabytes of peak memory) and
 `check_budget` whether it fits a `Budget`; if not, its message says what to lower: the largest N
 that fits and, when the preprocessing sizes are given, the sizes that give about that N.
 The functions are pure (no torch, no model): a UI asks before it computes.
 
-The figures (`COSTS`), on the project's 2-core AMD EPYC VM, torch with 2 threads, R50 encoders
+The figures (`COSTS`), on the project's 2-core VMs, torch with 2 threads, R50 encoders
 (6 layers of 8 heads of 32 dimensions):
 
-- entropy and rollout: `benchmarks/analysis_budget.py` (synthetic queries and keys; the fastest of
-  3 runs in a fresh process). Measured 2 December 2026 while the VM was shared (load average 6 on its
-  2 cores):
+- entropy and rollout (2-core AMD EPYC): `benchmarks/analysis_budget.py` (synthetic queries and
+  keys; the fastest of 3 runs in a fresh process). Measured 2 December 2026 while the VM was shared
+  (load average 6 on its 2 cores):
 
   | request | tokens | seconds | peak memory added |
   |---|---:|---:|---:|
@@ -33,9 +33,25 @@ The figures (`COSTS`), on the project's 2-core AMD EPYC VM, torch with 2 threads
   rollout map at 12,300 tokens (the sidebar's largest sizes 1600/2666 on a 40-megapixel photo),
   3.8x and 5.9x less than these coefficients give. Its 2.2 GB for the rollout map is not borne out
   here (0.5 GB by the fit); it likely counted the whole analysis of that image.
-- relevance: `benchmarks/bench.py` on the idle VM (README, "Performance"): 2.0 s at 850 tokens
-  (R50 800x1066), 3.2 s at 1,050, 22.0 s at 3,350 (R50-DC5 800x1066), 29.8 s at 4,200; fitted as
-  1.5 s + 1.75e-6 s x N^2. Memory: 0.5 GB + 7e-8 GB x N^2 (ui/state.py's fit of the same benchmark).
+- relevance (2-core "Intel(R) Xeon(R) Processor"): `benchmarks/analysis_budget.py --kinds
+  relevance` (random-weight models folded as the dashboard runs them, a random image, one captured
+  pass first; the fastest of 3 runs of query 0 in a fresh process; memory = how far the peak
+  resident memory, VmHWM, rose above the captured pass's). Measured 2 December 2026 while the VM
+  was shared (load average 4.7 falling to 2.8):
+
+  | model, input | tokens | seconds | peak memory above a captured pass |
+  |---|---:|---:|---:|
+  | R50 800x1066 | 850 | 1.63 | 128 MB |
+  | R50-DC5 800x1066 | 3,350 | 6.20 | 885 MB |
+  | R50-DC5 800x1333 | 4,200 | 9.57 | 934 MB |
+
+  Time: 1.3 s (mostly the backbone) + 4.7e-7 s x N^2, through the R50 and the 4,200-token points
+  (6.6 s at 3,350: above the measurement). Memory: 0.1 GB + 1.8e-4 GB x N (the transformer's saved
+  activations and the backward's three block buffers) + 2.4e-8 GB x N^2 (the six float32 Ā kept,
+  24 bytes per token^2), above every measurement (0.97 GB at 3,350, 1.28 GB at 4,200). Before
+  issue #15, in the same run, the same benchmark gave R50 800x1066 8.2 s and 719 MB (random
+  weights' subnormal attention weights) and R50-DC5 800x1066 14.1 s and 1,359 MB; the EPYC's fit
+  then was 1.5 s + 1.75e-6 s x N^2 and 0.5 GB + 7e-8 GB x N^2.
 """
 
 from __future__ import annotations
@@ -85,8 +101,8 @@ COSTS: dict[Request, _Coefficients] = {
     "entropy": _Coefficients(0.0, 6 * 2.5e-7, 0.0, 6.5e-5, 0.0, per_layer=True),
     # 6 layers: 3.1 s at 2,000 tokens, 10.2 s at 4,000, 55.8 s at 8,000 -> 8.6e-7 s / token^2; 0.04 MB / token
     "rollout": _Coefficients(0.0, 8.6e-7, 0.0, 4.0e-5, 0.0, per_layer=True),
-    # benchmarks/bench.py on the idle VM, fitted above; the backbone's part of the time is in the fixed term
-    "relevance": _Coefficients(1.5, 1.75e-6, 0.5, 0.0, 7e-8, per_layer=False),
+    # benchmarks/analysis_budget.py --kinds relevance, fitted above; the backbone's time is in the fixed term
+    "relevance": _Coefficients(1.3, 4.7e-7, 0.1, 1.8e-4, 2.4e-8, per_layer=False),
 }
 
 
@@ -98,7 +114,7 @@ class Budget:
 
 # What one request may cost on a shared 2-core demo server. Every analysis at the default sizes
 # 800/1333 fits, R50-DC5's 4,200 cells included (by the coefficients above: rollout 15 s, entropy
-# 26 s, relevance 32 s and 1.7 GB, the last what the dashboard already accepts); a rollout map is
+# 26 s, relevance 9.6 s and 1.3 GB; relevance fits up to about 5,900 cells, by memory); a rollout map is
 # asked for at every click, so its limit is the lowest (about 4 s on an idle VM by issue #12's rate).
 DEFAULT_BUDGETS: dict[Request, Budget] = {
     "entropy": Budget(seconds=35.0, gigabytes=2.0),
