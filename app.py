@@ -71,6 +71,6 @@ try:
         frame.run_safely(page.run, f"the {page.title} page")
 finally:
     params = sidebar.sync_url(slug)
-    frame.show_notes(notes_area, (tuple(sorted(params.items())), run_view.image_hash if run_view else None))
+    frame.show_notes(notes_area, frame.notes_view(params, run_view.image_hash if run_view else None))
     # Forward passes this session caused (an image and model another visitor already ran are cached).
     st.sidebar.caption(f"model runs (this session): {caches.session_model_runs()}")

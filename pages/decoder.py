@@ -5,7 +5,7 @@ import streamlit as st
 
 from detr_core.analysis import stats
 from detr_core.io.render import draw_boxes
-from ui import caches, compute, downloads, figures, frame, state, touch, view, viewport
+from ui import caches, compute, downloads, figures, frame, sidebar, state, touch, view, viewport
 
 PLOT_KEY = "plot_decoder"
 PANELS = 12  # detections shown as panels at most (all are in the picker)
@@ -49,7 +49,6 @@ def render() -> None:
     view = state.require_analysis()
     if view is None:
         return
-    ss = st.session_state
     analysis, geometry = view.analysis, view.geometry
     detections = view.detections()
     if not detections:
@@ -58,8 +57,7 @@ def render() -> None:
             "attention to show. Lower the threshold in the sidebar."
         )
         return
-    by_query = {d.query: d for d in detections}
-    main = viewport.main_width()
+    viewport.main_width()  # mounts the width reporter (the view below reads what it reported)
 
     st.caption(
         "Each detection comes from one object query. Its cross-attention (last decoder layer, mean over heads) "
@@ -90,6 +88,27 @@ def render() -> None:
     _all_relevance(view, detections, thumb, thumb_geometry, stem)
 
     st.divider()
+    _explore()  # reads this run's view: the sidebar built it
+
+
+@st.fragment
+def _explore() -> None:
+    """The picked detection's view: a pick, mode, layer or head reruns only this (not the sidebar, not
+    app.py, not the panels above); `sidebar.fragment_done` then writes the URL, as app.py does after a whole run."""
+    try:
+        frame.run_safely(_explore_body, "the Decoder attention page")
+    finally:
+        sidebar.fragment_done("decoder")
+
+
+def _explore_body() -> None:
+    ss = st.session_state
+    view = state.current_view()
+    analysis, geometry = view.analysis, view.geometry
+    detections = view.detections()
+    by_query = {d.query: d for d in detections}
+    main = viewport.known_width()
+    stem = (view.image_label.rsplit(".", 1)[0] or "image").replace(" ", "_")
     query = ss.get("dec_query")
     if query not in by_query:
         query = detections[0].query

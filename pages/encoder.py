@@ -4,7 +4,7 @@ at it), per layer and head, for up to four points side by side as in the DETR pa
 import streamlit as st
 
 from detr_core.io.render import color_of, draw_cell
-from ui import caches, compute, downloads, figures, frame, state, touch, view, viewport
+from ui import caches, compute, downloads, figures, frame, sidebar, state, touch, view, viewport
 
 PLOT_KEY = "plot_encoder"
 DIRECTIONS = {"looks": "where this location looks", "looked_at": "what looks at this location"}
@@ -92,9 +92,23 @@ def _stem(view) -> str:
 
 def render() -> None:
     st.header("Encoder attention")
-    view = state.require_analysis()
-    if view is None:
+    if state.require_analysis() is None:
         return
+    _explore()
+
+
+@st.fragment
+def _explore() -> None:
+    """The interactive part of the page: a click, a layer, head or direction reruns only this (not the
+    sidebar, not app.py); `sidebar.fragment_done` then writes the URL, as app.py does after a whole run."""
+    try:
+        frame.run_safely(_explore_body, "the Encoder attention page")
+    finally:
+        sidebar.fragment_done("encoder")
+
+
+def _explore_body() -> None:
+    view = state.current_view()
     ss = st.session_state
     analysis, geometry = view.analysis, view.geometry
     facts = compute.encoder_facts(analysis)

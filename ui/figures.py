@@ -147,6 +147,7 @@ def detections_figure(
     centre carries the query (customdata) so a click picks the detection.
     """
     fig = photo_figure(image, geometry.orig_w, geometry.orig_h, height)
+    traces, labels = [], []
     # smallest box first: inside nested boxes the hover (equal distance for every fill) names the inner one
     for det in sorted(detections, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1])):
         i = det.query  # the colour index: one colour per detection (its query), whatever is filtered out
@@ -159,14 +160,18 @@ def detections_figure(
         box_hover = (
             dict(hoverinfo="skip") if clickable else dict(hoveron="fills", text=_hover_text(det), hoverinfo="text")
         )
-        fig.add_trace(go.Scatter(
+        traces.append(go.Scatter(
             x=xs, y=ys, mode="lines", fill="toself", fillcolor=rgb(i, 0.06 if clickable else 0.02),
             line=dict(color=rgb(i), width=width), name=f"{name} (query {det.query})", **box_hover,
         ))  # fmt: skip
-        fig.add_annotation(
+        labels.append(dict(
             x=x0, y=y0, text=f"{name}: {det.score:.2f}", showarrow=False, xanchor="left",
             yanchor="bottom", font=dict(color="white", size=12), bgcolor=rgb(i),
-        )  # fmt: skip
+        ))  # fmt: skip
+    # Added at once: one add_trace / add_annotation per box re-validates all the earlier ones (100 boxes took
+    # 1.5 s of every rerun; the figure is the same).
+    fig.add_traces(traces)
+    fig.update_layout(annotations=labels)
     if clickable and detections:
         fig.add_trace(go.Scatter(
             x=[(d.box[0] + d.box[2]) / 2 for d in detections], y=[(d.box[1] + d.box[3]) / 2 for d in detections],

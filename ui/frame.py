@@ -66,6 +66,16 @@ def show_notes(area, view: Hashable) -> None:
     st.session_state[_NOTES] = notes
 
 
+def notes_view(params: dict[str, str], image_hash: str | None) -> Hashable:
+    """The view messages are tied to: what the URL says and the image (app.py, `fragment_done`)."""
+    return (tuple(sorted(params.items())), image_hash)
+
+
+def notes_outdated(view: Hashable) -> bool:
+    """Whether a message is new or was shown with another view than `view` (a whole run redraws them)."""
+    return any(n["view"] != view for n in st.session_state.get(_NOTES, []))
+
+
 def pending_notes() -> list[str]:
     return [n["text"] for n in st.session_state.get(_NOTES, [])]
 
@@ -86,6 +96,11 @@ def page_frame():
         _frame.active = False
 
 
+def in_page_frame() -> bool:
+    """True while app.py runs the page; False in a fragment's own rerun (app.py does not run then)."""
+    return getattr(_frame, "active", False)
+
+
 def page_main(render: Callable[[], None], what: str) -> None:
     """The body of every script in pages/: render the page, inside the frame app.py builds.
 
@@ -94,7 +109,7 @@ def page_main(render: Callable[[], None], what: str) -> None:
     for a URL naming it, without app.py: no sidebar, no model, no image. Such a direct run executes
     app.py instead, which calls st.navigation (switching that mode off) and runs this page through it.
     """
-    if getattr(_frame, "active", False):
+    if in_page_frame():
         run_safely(render, what)
     else:
         runpy.run_path(str(ROOT / "app.py"), run_name="__main__")

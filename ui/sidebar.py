@@ -31,6 +31,7 @@ from .state import (
     SOURCE_UPLOAD,
     SOURCE_URL,
     View,
+    current_view,
     keep_valid,
 )
 from .text import plain
@@ -371,6 +372,18 @@ def _inactive(f: view.Field) -> bool:
     """Fields of the image sources not in use (a scene number means nothing for an upload)."""
     source = st.session_state.get("w_source")
     return f.name in _SOURCE_FIELDS.values() and _SOURCE_FIELDS.get(source) != f.name
+
+
+def fragment_done(page_slug: str) -> None:
+    """End of a page fragment (`st.fragment`). In its own rerun (an input inside it: app.py does not run)
+    write the view into the URL as app.py does after a whole run, and when a message about an attempt is
+    new or belongs to the view before this input, rerun the whole app: app.py draws and drops them."""
+    if frame.in_page_frame():
+        return  # a whole run: app.py syncs the URL and draws the messages after the page
+    params = sync_url(page_slug)
+    run = current_view()
+    if frame.notes_outdated(frame.notes_view(params, run.image_hash if run else None)):
+        st.rerun()
 
 
 def sync_url(page_slug: str) -> dict[str, str]:

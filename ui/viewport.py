@@ -67,6 +67,12 @@ def main_width(default: int = 1000) -> int:
     return int(known or default)
 
 
+def known_width(default: int = 1000) -> int:
+    """The width `main_width` last returned, without mounting the reporter (for a fragment drawn inside
+    a run that mounted it: a second mount in one run is a duplicate key)."""
+    return int(st.session_state.get(WIDTH_KEY) or default)
+
+
 def column_width(main: int, share: float) -> int:
     """The width of a column holding `share` of the main width (the whole width once columns stack)."""
     return main if main < STACKED_BELOW else int(main * share)
