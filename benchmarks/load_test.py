@@ -137,6 +137,13 @@ class Server(StreamlitServer):
     def hwm_mb(self) -> float:
         return tree_hwm_mb(self.pid)
 
+    def breakdown(self) -> str:
+        """The server process's resident memory by kind, and its workers' (the rest of the tree)."""
+        kinds = {k: status_kb(self.pid, k) / 1024 for k in ("RssAnon", "RssShmem", "RssFile")}
+        rest = sum(status_kb(p, "VmRSS") for p in process_tree(self.pid)[1:]) / 1024
+        return (f"server anon {kinds['RssAnon']:.0f} + shared {kinds['RssShmem']:.0f} + files "
+                f"{kinds['RssFile']:.0f} MB, children {rest:.0f} MB")  # fmt: skip
+
     def log(self) -> str:
         """The whole log (tracebacks are counted in it)."""
         try:
@@ -592,6 +599,7 @@ class Report:
     burst_settle_s: float | None = None
     burst_bound_mb: float = 300.0
     burst_problems: list[str] = field(default_factory=list)
+    burst_breakdown: list[str] = field(default_factory=list)  # before, answered, closed
     server_tracebacks: int = 0
     wall_s: float = 0.0
     failures: list[str] = field(default_factory=list)
@@ -623,6 +631,7 @@ class Report:
                 f"({self.burst_rss_closed_mb - self.burst_rss_before_mb:+.0f} MB, bound {self.burst_bound_mb:.0f} MB; "
                 f"read {self.burst_settle_s:.0f} s after they closed)"
             )
+            lines += [f"  {when}: {what}" for when, what in zip(("before", "answered", "closed"), self.burst_breakdown)]
         if self.soak_rss_end_mb is not None:
             lines.append(
                 f"soak: RSS after {min(WARMUP_UPLOADS, self.soak_uploads)} uploads "
@@ -690,12 +699,14 @@ async def _burst(browser, url: str, files: list[list[Path]], server: Server, rep
                  settle_s: float) -> None:  # fmt: skip
     report.burst_sessions = len(files)
     report.burst_rss_before_mb = server.rss_mb()
+    report.burst_breakdown.append(server.breakdown())
     answered, release, counter = asyncio.Event(), asyncio.Event(), [0]
     users = [asyncio.ensure_future(burst_user(browser, url, i, f, timings, answered, counter, len(files), release))
              for i, f in enumerate(files)]  # fmt: skip
     done = asyncio.ensure_future(answered.wait())
     await asyncio.wait([done, *users], return_when=asyncio.FIRST_COMPLETED)  # all answered, or one failed
     report.burst_rss_answered_mb = server.rss_mb()
+    report.burst_breakdown.append(server.breakdown())
     release.set()
     results = await asyncio.gather(*users, return_exceptions=True)
     done.cancel()
@@ -715,6 +726,7 @@ async def _burst(browser, url: str, files: list[list[Path]], server: Server, rep
         if report.burst_settle_s > settle_s:
             break
         await asyncio.sleep(2.0)
+    report.burst_breakdown.append(server.breakdown())
 
 
 async def _soak(browser, url: str, pictures: list[Picture], server: Server, report: Report, timings: Timings):
