@@ -11,12 +11,15 @@ anonymous memory file (memfd), `fn` writing straight into it (`output_buffer(n)`
 into it) or returning bytes the worker copies there, and passes the file to the parent, which maps
 it read-only and returns a memoryview of it: no copy, and the memory is the kernel's to take back as
 soon as the last view of it goes (a killed worker's half-written result goes with the worker).
+After a result the worker allocates the memory for the next one of that size (`_Spare`), between
+jobs; it gives that back after `_SPARE_IDLE_S` without work.
 
 The workers import only what the forkserver preloaded: this module and `detr_core.io.image`, which
 import PIL and numpy but not torch (`tests/test_decode_budget.py` checks), so a worker starts in
 tens of milliseconds, not the seconds torch costs. `warm_up()` starts the pool ahead of the first
-decode. A worker whose resident memory grew past `_RETIRE_ABOVE_RSS` (a large decode, freed but kept
-by malloc) is retired after its job, so the memory its decoder grew leaves with it.
+decode; a worker killed or retired is replaced in the background. A worker whose resident memory
+grew past `_RETIRE_ABOVE_RSS` (a large decode, freed but kept by malloc) is retired after its job,
+so the memory its decoder grew leaves with it.
 """
 
 from __future__ import annotations
