@@ -126,7 +126,7 @@ def test_a_pathological_upload_does_not_slow_another_session(browser, server, tm
         pick_source(a, "Upload")
         a.locator('[data-testid="stSidebar"] input[type=file]').set_input_files(str(bomb))
         a_started = time.perf_counter()
-        expect(a.locator(STATUS)).to_be_attached(timeout=10_000)  # A's run is going
+        expect(a.locator(STATUS)).to_be_attached(timeout=CLICK_WAIT_MS)  # A's run (the upload, its decode) is going
         during = []
         for fx, fy in points[3:5]:
             seconds = click_cell(b, g, fx, fy)
