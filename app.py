@@ -50,6 +50,7 @@ if "torch" not in sys.modules:  # a fresh server: let the title reach the browse
 from ui import caches, frame, sidebar, state, text  # noqa: E402 (after the title: the first import loads PyTorch)
 
 sidebar.start_host_checks()
+caches.start_decode_workers()  # once per server process: the workers that decode visitors' bytes
 state.persist_page_widgets()
 
 run_view = None

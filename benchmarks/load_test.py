@@ -1,6 +1,7 @@
 """Many users at once, then one user for a long time: the real dashboard under load.
 
-    python benchmarks/load_test.py [--sessions 8] [--uploads 3] [--soak 200] [--soak-size 1024] [--json FILE]
+    python benchmarks/load_test.py [--sessions 8] [--uploads 3] [--soak 200] [--soak-size 1024] [--burst 3]
+                                   [--json FILE]
 
 Starts `python -m streamlit run app.py` on 127.0.0.1 (a free port; nothing leaves the machine), with
 an empty torch hub cache so it opens on the bundled detr_shapes model, and waits for
@@ -20,6 +21,17 @@ an empty torch hub cache so it opens on the bundled detr_shapes model, and waits
    must stay below --rss-bound-mb (150 MB by default: the analysis caches hold at most 16 entries,
    so after they fill nothing should grow; a leak of one decoded 1024 px image per upload would
    add about 3 MB x 190 = 570 MB over the default soak).
+
+0. Burst (--burst N sessions, before the others): N sessions at once each upload large and hostile
+   files: two distinct 24-megapixel photos of their own (96 MB each once decoded), tests/hostile.py's
+   header bomb and text-chunk zlib bomb, and a progressive-JPEG scan bomb. The server's resident
+   memory is read before the burst, when every upload has been answered (sessions still open), and
+   after the sessions close: polled until it is within --burst-bound-mb (300 MB) of its value before
+   the burst, for at most --settle-seconds (150 s: Streamlit keeps a closed session, and what it
+   holds, for server.disconnectedSessionTTL, 120 s by default, and forgets it only when its session
+   store is next used: if the memory is still above the bound then, one more visitor opens the page
+   and it is read again). What stays is the process-wide caches of ui/caches.py (decoded images at
+   most 256 MB).
 
 Prints p50/p95 latency per action (seconds, wall clock seen by the browser) and the server's peak
 memory (RSS of its process tree, sampled every 0.2 s, and the kernel's VmHWM). Exits 1 if any
@@ -126,6 +138,13 @@ class Server(StreamlitServer):
 
     def hwm_mb(self) -> float:
         return tree_hwm_mb(self.pid)
+
+    def breakdown(self) -> str:
+        """The server process's resident memory by kind, and its workers' (the rest of the tree)."""
+        kinds = {k: status_kb(self.pid, k) / 1024 for k in ("RssAnon", "RssShmem", "RssFile")}
+        rest = sum(status_kb(p, "VmRSS") for p in process_tree(self.pid)[1:]) / 1024
+        return (f"server anon {kinds['RssAnon']:.0f} + shared {kinds['RssShmem']:.0f} + files "
+                f"{kinds['RssFile']:.0f} MB, children {rest:.0f} MB")  # fmt: skip
 
     def log(self) -> str:
         """The whole log (tracebacks are counted in it)."""
@@ -439,6 +458,88 @@ async def one_user(browser, url: str, index: int, pictures: list[Picture], timin
     return s.result
 
 
+def burst_files(folder: Path, sessions: int) -> list[list[Path]]:
+    """Per burst session: two distinct 24-megapixel JPEGs of its own, the header bomb, the zlib bomb in
+    a text chunk and a scan bomb (the same three hostile files for everyone: each is refused or
+    decoded on its own merits, the cache holds no refusal)."""
+    import hostile
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cases = {c.name: c for c in hostile.corpus(include_huge=False)}
+    shared = [folder / "bomb.png", folder / "text_bomb.png", folder / "scan_bomb.jpg"]
+    shared[0].write_bytes(cases["png_bomb"].data)
+    shared[1].write_bytes(cases["ztxt_bomb"].data)
+    shared[2].write_bytes(scan_bomb())
+    rng = np.random.default_rng(7)
+    y, x = np.mgrid[0:4000, 0:6000]
+    out = []
+    for i in range(sessions):
+        mine = []
+        for k in range(2):
+            base = np.stack([(x // (5 + i)) % 256, (y // (3 + k)) % 256, (x + y) // 40 % 256], -1)
+            pixels = np.clip(base + rng.integers(0, 16, (4000, 6000, 3)), 0, 255).astype(np.uint8)
+            path = folder / f"burst{i}_photo{k}.jpg"
+            Image.fromarray(pixels).save(path, "JPEG", quality=85)
+            mine.append(path)
+        out.append([mine[0], *shared, mine[1]])
+    return out
+
+
+def scan_bomb(scans: int = 5000) -> bytes:
+    """A progressive JPEG whose last scan is repeated 5000 times (refused by its structure, < 1 MB)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (2000, 2000), (128, 128, 128)).save(buf, "JPEG", progressive=True, quality=80)
+    data = buf.getvalue()
+    sos = data.rindex(b"\xff\xda")
+    last = data[sos:-2]  # the last scan, to the end-of-image marker
+    return data[:-2] + last * scans + data[-2:]
+
+
+async def burst_user(browser, url: str, index: int, files: list[Path], timings: Timings, answered: asyncio.Event,
+                     counter: list[int], total: int, release: asyncio.Event) -> SessionResult:  # fmt: skip
+    """A burst session: upload each file, wait for its analysis or its error message (any; a large
+    photo may also be refused by the server's budget, which is a message too, never an exception);
+    then wait, session open, until the driver has read the memory (`release`)."""
+    from playwright.async_api import expect
+
+    async with Session(browser, url, f"burst {index}", timings) as s:
+        page = s.page
+        await s.open()
+        uploader = page.locator('[data-testid="stSidebar"] input[type=file]')
+        for attempt in range(3):  # a rerun under load may put the source back (seen once): pick it again
+            await s.choose_upload()
+            try:
+                await expect(uploader).to_be_attached(timeout=20_000)
+                break
+            except AssertionError:
+                if attempt == 2:
+                    raise
+                s.result.retried.append("the Upload source was not kept; picked again")
+        for path in files:
+            start = time.perf_counter()
+            await page.locator('[data-testid="stSidebar"] input[type=file]').set_input_files(str(path))
+            shown = page.get_by_text(re.compile(re.escape(f" on {path.name} · "))).or_(
+                page.locator('[data-testid="stMain"] [data-testid="stAlertContentError"]').filter(has_text=path.name)
+            )
+            await expect(shown.first).to_be_visible()
+            await _idle(page)
+            timings.add("burst upload", time.perf_counter() - start)
+            exceptions = await page.locator('[data-testid="stException"]').all_inner_texts()
+            if exceptions:
+                s.result.problems.append(f"{path.name}: an exception is shown: {exceptions}")
+            s.result.uploads += 1
+        counter[0] += 1
+        if counter[0] == total:
+            answered.set()
+        await asyncio.wait_for(release.wait(), WAIT_MS / 1000)
+    return s.result
+
+
 async def prankster(browser, url: str, corpus_dir: Path, good: Picture, timings: Timings) -> SessionResult:
     """A session that uploads every hostile file of tests/hostile.py while the others work: each one
     must give its analysis or a message naming the file and the reason; never an exception. A good
@@ -501,6 +602,16 @@ class Report:
     hostile_result: dict | None = None
     transient: list[str] = field(default_factory=list)  # failed once, worked when tried again
     rss_bound_mb: float = 150.0
+    burst_sessions: int = 0
+    burst_uploads: int = 0
+    burst_rss_before_mb: float | None = None
+    burst_rss_answered_mb: float | None = None
+    burst_rss_closed_mb: float | None = None
+    burst_settle_s: float | None = None
+    burst_bound_mb: float = 300.0
+    burst_problems: list[str] = field(default_factory=list)
+    burst_breakdown: list[str] = field(default_factory=list)  # before, answered, (settled,) closed
+    burst_visited: bool = False  # the last reading came after a new visitor's page load
     server_tracebacks: int = 0
     wall_s: float = 0.0
     failures: list[str] = field(default_factory=list)
@@ -524,6 +635,17 @@ class Report:
             f"{self.rss_after_sessions_mb:.0f} MB, peak (sampled) {self.peak_rss_mb:.0f} MB, "
             f"VmHWM {self.vm_hwm_mb:.0f} MB",
         ]
+        if self.burst_rss_closed_mb is not None:
+            lines.append(
+                f"burst: {self.burst_sessions} sessions at once, {self.burst_uploads} large or hostile uploads: "
+                f"RSS before {self.burst_rss_before_mb:.0f} MB, when all were answered "
+                f"{self.burst_rss_answered_mb:.0f} MB, after the sessions closed {self.burst_rss_closed_mb:.0f} MB "
+                f"({self.burst_rss_closed_mb - self.burst_rss_before_mb:+.0f} MB, bound {self.burst_bound_mb:.0f} MB; "
+                f"read {self.burst_settle_s:.0f} s after they closed"
+                f"{', after a new visitor opened the page' if self.burst_visited else ''})"
+            )
+            whens = ("before", "answered", *(("settled, no visitor yet",) if self.burst_visited else ()), "closed")
+            lines += [f"  {when}: {what}" for when, what in zip(whens, self.burst_breakdown)]
         if self.soak_rss_end_mb is not None:
             lines.append(
                 f"soak: RSS after {min(WARMUP_UPLOADS, self.soak_uploads)} uploads "
@@ -544,7 +666,8 @@ class Report:
 
 
 async def _drive(url: str, sessions: list[list[Picture]], soak: list[Picture], server: Server, report: Report,
-                 max_seconds: float, hostile_dir: Path | None, hostile_good: Picture | None) -> None:  # fmt: skip
+                 max_seconds: float, hostile_dir: Path | None, hostile_good: Picture | None,
+                 burst: list[list[Path]] | None = None, settle_s: float = 150.0) -> None:  # fmt: skip
     from playwright.async_api import async_playwright, expect
 
     expect.set_options(timeout=WAIT_MS)  # every expected change, not only page actions, may take this long
@@ -561,6 +684,8 @@ async def _drive(url: str, sessions: list[list[Picture]], soak: list[Picture], s
                 timings.add("first open (cold start)", time.perf_counter() - start)
             if first.result.problems:
                 report.failures.append(f"the first page load failed: {first.result.problems}")
+            if burst:
+                await asyncio.wait_for(_burst(browser, url, burst, server, report, timings, settle_s), max_seconds)
             if sessions or hostile_dir:
                 users = [one_user(browser, url, i, pics, timings) for i, pics in enumerate(sessions)]
                 if hostile_dir is not None:
@@ -582,6 +707,50 @@ async def _drive(url: str, sessions: list[list[Picture]], soak: list[Picture], s
         finally:
             await browser.close()
     report.latency = timings.table()
+
+
+async def _burst(browser, url: str, files: list[list[Path]], server: Server, report: Report, timings: Timings,
+                 settle_s: float) -> None:  # fmt: skip
+    report.burst_sessions = len(files)
+    report.burst_rss_before_mb = server.rss_mb()
+    report.burst_breakdown.append(server.breakdown())
+    answered, release, counter = asyncio.Event(), asyncio.Event(), [0]
+    users = [asyncio.ensure_future(burst_user(browser, url, i, f, timings, answered, counter, len(files), release))
+             for i, f in enumerate(files)]  # fmt: skip
+    done = asyncio.ensure_future(answered.wait())
+    await asyncio.wait([done, *users], return_when=asyncio.FIRST_COMPLETED)  # all answered, or one failed
+    report.burst_rss_answered_mb = server.rss_mb()
+    report.burst_breakdown.append(server.breakdown())
+    release.set()
+    results = await asyncio.gather(*users, return_exceptions=True)
+    done.cancel()
+    for i, r in enumerate(results):
+        if isinstance(r, BaseException):
+            report.burst_problems.append(f"burst {i}: {type(r).__name__}: {str(r)[:300]}")
+            continue
+        report.burst_uploads += r.uploads
+        report.burst_problems += [f"{r.name}: {p}" for p in r.problems]
+        report.transient += [f"{r.name}: {t}" for t in r.retried]
+    closed = time.perf_counter()  # every context is closed: the server drops the sessions in its own time
+    visited = False
+    while True:
+        report.burst_rss_closed_mb = server.rss_mb()
+        report.burst_settle_s = time.perf_counter() - closed
+        if report.burst_rss_closed_mb - report.burst_rss_before_mb <= report.burst_bound_mb:
+            break
+        if report.burst_settle_s > settle_s:
+            if visited:
+                break
+            # Streamlit forgets a closed session once its TTL has passed, but only when its session store
+            # is next used (cachetools' TTLCache expires lazily): by the next visitor. One comes.
+            report.burst_breakdown.append(server.breakdown())
+            async with Session(browser, url, "visitor after the burst", timings) as v:
+                await v.open()
+            visited = True
+            report.burst_visited = True
+            continue
+        await asyncio.sleep(2.0)
+    report.burst_breakdown.append(server.breakdown())
 
 
 async def _soak(browser, url: str, pictures: list[Picture], server: Server, report: Report, timings: Timings):
@@ -610,10 +779,13 @@ def run(
     workdir: Path | None = None,
     hostile_files: bool = True,
     log=print,
+    burst: int = 0,
+    burst_bound_mb: float = 300.0,
+    settle_s: float = 150.0,
 ) -> Report:
     """Run the whole load test; returns the `Report` (its `failures` list is empty when all is well)."""
     start = time.perf_counter()
-    report = Report(sessions, uploads, soak, rss_bound_mb=rss_bound_mb)
+    report = Report(sessions, uploads, soak, rss_bound_mb=rss_bound_mb, burst_bound_mb=burst_bound_mb)
     with tempfile.TemporaryDirectory(prefix="detr_load_") as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -633,13 +805,14 @@ def run(
             hostile_dir = work / "hostile"
             hostile.write_corpus(hostile_dir)
             hostile_good = scene_files(ref, work / "after_hostile", 1, first=900, size=SCENE_SIZE, fmt="PNG")[0]
+        burst_paths = burst_files(work / "burst", burst) if burst else None
         log(f"starting the server ({len(per_session) * uploads} + {len(soak_pictures)} images ready)...")
         server = Server(work)
         try:
             report.rss_start_mb = server.rss_mb()
             log(f"server pid {server.pid} on {server.url}; driving the browser sessions...")
             asyncio.run(_drive(server.url, per_session, soak_pictures, server, report, max_seconds, hostile_dir,
-                               hostile_good))  # fmt: skip
+                               hostile_good, burst_paths, settle_s))  # fmt: skip
             report.peak_rss_mb = max(server.peak_rss_mb, server.rss_mb())
             report.vm_hwm_mb = server.hwm_mb()
         finally:
@@ -663,6 +836,14 @@ def run(
         growth = report.soak_growth_mb
         if growth is None or growth > rss_bound_mb:
             report.failures.append(f"soak: RSS grew by {growth} MB after warm-up (bound {rss_bound_mb} MB)")
+    if burst:
+        report.failures += [f"burst: {p}" for p in report.burst_problems[:10]]
+        if report.burst_rss_closed_mb is None:
+            report.failures.append("burst: the memory after the sessions closed was not read")
+        elif report.burst_rss_closed_mb - report.burst_rss_before_mb > burst_bound_mb:
+            grown = report.burst_rss_closed_mb - report.burst_rss_before_mb
+            report.failures.append(f"burst: RSS after the sessions closed is {grown:+.0f} MB from before the burst "
+                                   f"(bound {burst_bound_mb:.0f} MB, after {settle_s:.0f} s)")  # fmt: skip
     if report.server_tracebacks:
         report.failures.append(f"the server logged {report.server_tracebacks} traceback(s)")
     return report
@@ -677,6 +858,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-bound-mb", type=float, default=150.0, help="allowed RSS growth after warm-up")
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="time limit of each phase")
     parser.add_argument("--no-hostile", action="store_true", help="no extra session uploading tests/hostile.py's files")
+    parser.add_argument("--burst", type=int, default=3, help="sessions of the large/hostile burst (default 3; 0: none)")
+    parser.add_argument("--burst-bound-mb", type=float, default=300.0, help="RSS bound after the burst")
+    parser.add_argument("--settle-seconds", type=float, default=150.0, help="longest wait for that (default 150)")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     parser.add_argument("--workdir", type=Path, help="keep the images and the server log here (default: a temp dir)")
     args = parser.parse_args(argv)
@@ -684,7 +868,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{CHROMIUM} is not installed", file=sys.stderr)
         return 2
     report = run(args.sessions, args.uploads, args.soak, args.soak_size, args.rss_bound_mb, args.max_seconds,
-                 workdir=args.workdir, hostile_files=not args.no_hostile)  # fmt: skip
+                 workdir=args.workdir, hostile_files=not args.no_hostile, burst=args.burst,
+                 burst_bound_mb=args.burst_bound_mb, settle_s=args.settle_seconds)  # fmt: skip
     print(report.summary())
     if args.json:
         args.json.write_text(json.dumps({**asdict(report), "soak_growth_mb": report.soak_growth_mb}, indent=2))

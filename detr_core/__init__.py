@@ -11,16 +11,53 @@ Example::
     >>> analyze(own.model, "photo.jpg", own.spec)
 """
 
-from .analysis.attention import LOOKED_AT, LOOKS, EncoderMap, decoder_map, encoder_map
-from .analysis.capture import Analysis, capture
-from .analysis.pipeline import analyze, prepare
-from .analysis.relevance import relevance
-from .analysis.rollout import rollout_vector
-from .errors import CheckpointError, DETRError, ImageError, InputSizeError
-from .io.image import Geometry, PreparedImage, load_image, preprocess
-from .io.postprocess import COCO_CLASSES, Detection, postprocess
-from .models.own import OwnModel, load_own_model
-from .models.zoo import MODELS, ModelSpec, build_model, default_device, get_spec, load_model
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# Where each public name lives. They are imported when first used (PEP 562), not by `import
+# detr_core`: a submodule that needs no torch (detr_core.io.image, which the decode workers of
+# io/decode_budget.py import) is then imported without torch, in milliseconds.
+_WHERE = {
+    ".analysis.attention": ("LOOKED_AT", "LOOKS", "EncoderMap", "decoder_map", "encoder_map"),
+    ".analysis.capture": ("Analysis", "capture"),
+    ".analysis.pipeline": ("analyze", "prepare"),
+    ".analysis.relevance": ("relevance",),
+    ".analysis.rollout": ("rollout_vector",),
+    ".errors": ("CheckpointError", "DETRError", "ImageError", "InputSizeError"),
+    ".io.image": ("Geometry", "PreparedImage", "load_image", "preprocess"),
+    ".io.postprocess": ("COCO_CLASSES", "Detection", "postprocess"),
+    ".models.own": ("OwnModel", "load_own_model"),
+    ".models.zoo": ("MODELS", "ModelSpec", "build_model", "default_device", "get_spec", "load_model"),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+
+if TYPE_CHECKING:
+    from .analysis.attention import LOOKED_AT, LOOKS, EncoderMap, decoder_map, encoder_map
+    from .analysis.capture import Analysis, capture
+    from .analysis.pipeline import analyze, prepare
+    from .analysis.relevance import relevance
+    from .analysis.rollout import rollout_vector
+    from .errors import CheckpointError, DETRError, ImageError, InputSizeError
+    from .io.image import Geometry, PreparedImage, load_image, preprocess
+    from .io.postprocess import COCO_CLASSES, Detection, postprocess
+    from .models.own import OwnModel, load_own_model
+    from .models.zoo import MODELS, ModelSpec, build_model, default_device, get_spec, load_model
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     # models

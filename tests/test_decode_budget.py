@@ -34,15 +34,15 @@ BUDGET_S = decode_budget.WALL_SECONDS + 3.0
 
 @pytest.fixture(scope="module", autouse=True)
 def _started_pool():
-    # This module tests the budgeted decode, which is opt-in ($DETR_DECODE_BUDGET=1, see io/image.py).
+    # The budgeted decode is the default; this module makes sure of it ($DETR_DECODE_BUDGET=0 is off).
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(image_module.DECODE_BUDGET_ENV, "1")
-        decode_budget.warm_up()  # the one-off start (the forkserver imports the library) is not a decode
+        mp.delenv(image_module.DECODE_BUDGET_ENV, raising=False)
+        decode_budget.warm_up()  # the one-off start (the forkserver imports the decoder) is not a decode
         yield
 
 
-def test_without_the_setting_bytes_are_decoded_in_process(monkeypatch):
-    monkeypatch.delenv(image_module.DECODE_BUDGET_ENV)
+def test_with_the_switch_off_bytes_are_decoded_in_process(monkeypatch):
+    monkeypatch.setenv(image_module.DECODE_BUDGET_ENV, "0")
 
     def no_worker(*args, **kwargs):
         raise AssertionError("the worker pool was used although the budget is off")
@@ -202,13 +202,70 @@ def echo(data: bytes):
     return "meta", data
 
 
-def test_a_normal_photo_is_decoded_exactly_as_in_process():
-    rng = np.random.default_rng(1)
+def _encoded(img: Image.Image, fmt: str, **kwargs) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (300, 400, 3)).astype(np.uint8)).save(buf, "JPEG", quality=90)
-    via_worker = load_image(buf.getvalue())
-    local = image_module.decode_rgb(buf.getvalue())
-    assert via_worker.size == local[0] and via_worker.tobytes() == local[1]
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _photos() -> dict[str, bytes]:
+    rng = np.random.default_rng(1)
+    rgb = Image.fromarray(rng.integers(0, 255, (300, 400, 3)).astype(np.uint8))
+    out = {"jpeg": _encoded(rgb, "JPEG", quality=90), "png": _encoded(rgb, "PNG")}
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        out[f"jpeg_orientation_{orientation}"] = _encoded(rgb, "JPEG", quality=90, exif=exif)
+    out["progressive"] = _encoded(rgb, "JPEG", progressive=True)
+    out["gray_jpeg"] = _encoded(rgb.convert("L"), "JPEG")
+    out["cmyk_jpeg"] = _encoded(rgb.convert("CMYK"), "JPEG")
+    out["rgba_png"] = _encoded(rgb.convert("RGBA"), "PNG")
+    out["palette_png"] = _encoded(rgb.convert("P"), "PNG")
+    out["interlaced_png"] = png(37, 23)  # (PIL cannot write Adam7; a plain tiny PNG instead)
+    out["gif"] = _encoded(rgb.convert("P"), "GIF")
+    out["webp"] = _encoded(rgb, "WEBP", lossless=True)
+    out["bmp"] = _encoded(rgb, "BMP")
+    out["tiff16"] = _encoded(Image.fromarray((np.arange(12_000, dtype=np.uint16) * 5).reshape(100, 120)), "TIFF")
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(_photos()))
+def test_a_photo_is_decoded_exactly_as_in_process(name, monkeypatch):
+    data = _photos()[name]
+    via_worker = load_image(data)
+    monkeypatch.setenv(image_module.DECODE_BUDGET_ENV, "0")
+    local = load_image(data)
+    assert via_worker.mode == local.mode == "RGB"
+    assert via_worker.size == local.size and via_worker.tobytes() == local.tobytes()
+
+
+def test_the_worker_result_is_shared_memory_that_goes_when_the_image_goes():
+    import gc
+
+    before = _memory_maps()
+    img = load_image(_photos()["jpeg"])
+    assert img.readonly and _memory_maps() == before + 1  # the worker's result, mapped, not copied
+    pixel = img.getpixel((0, 0))
+    drawn = img.copy()
+    drawn.putpixel((0, 0), tuple(255 - v for v in pixel))
+    img.paste((1, 2, 3), (0, 0, 1, 1))  # Pillow copies a read-only image before changing it
+    assert img.getpixel((0, 0)) == (1, 2, 3) and drawn.getpixel((0, 0)) != pixel
+    del img, drawn
+    gc.collect()
+    assert _memory_maps() == before  # unmapped with the image: the memory is the kernel's again
+
+
+def _memory_maps() -> int:
+    with open("/proc/self/maps") as f:
+        return sum("detr-decode" in line for line in f)
+
+
+def test_the_workers_import_no_torch():
+    assert decode_budget.run_budgeted(torch_loaded, b"")[0] is False
+
+
+def torch_loaded(data: bytes):
+    return "torch" in sys.modules, b""
 
 
 def test_only_regular_files_of_bounded_size_are_read(tmp_path):

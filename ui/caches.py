@@ -17,6 +17,8 @@
   bundled sample photos, an image URL fetched by detr_core.io.fetch).
 - `checkpoint_host(url)`: whether a checkpoint's host answers, checked once per server process in a
   background thread (the model picker's labels say what is true before a pick).
+- `start_decode_workers()`: the budgeted decode workers (detr_core.io.decode_budget), started once
+  per server process in a background thread, so that the first upload is not the one that waits.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from PIL import Image
 from detr_core import MODELS, DETRError, load_image, load_model
 from detr_core.analysis import agreement, budget, pipeline
 from detr_core.analysis.capture import Analysis
-from detr_core.io import fetch
+from detr_core.io import decode_budget, fetch
 from detr_core.models.fast import optimize_for_inference
 from detr_core.models.zoo import SHAPES_MODEL
 
@@ -223,6 +225,27 @@ def precision_agreement(key: AnalysisKey, threshold: float, image: Image.Image) 
     exact = cached_analysis(key._replace(precision=precision.EXACT), image).detections(max(threshold - margin, 0.0))
     fast = cached_analysis(key._replace(precision=precision.FAST), image).detections(max(threshold - margin, 0.0))
     return agreement.compare(exact, fast, threshold, margin)
+
+
+@st.cache_resource(show_spinner=False)
+def start_decode_workers() -> threading.Thread | None:
+    """Start the decode workers in the background, once per server process (nothing when the
+    budget is off, $DETR_DECODE_BUDGET=0). Every upload, camera photo and fetched URL is decoded
+    there (`load_image`); a decode that comes first starts them itself."""
+    from detr_core.io.image import budget_on
+
+    if not budget_on():
+        return None
+
+    def warm() -> None:
+        try:
+            decode_budget.warm_up()
+        except Exception:  # the first decode will try again, and say what fails
+            log.exception("the decode workers did not start")
+
+    thread = threading.Thread(target=warm, name="decode warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def decoded_image(image_hash: str, image_bytes: bytes) -> Image.Image:

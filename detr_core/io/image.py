@@ -4,6 +4,9 @@
 converted) or raises `ImageError` with a message a person understands. `preprocess` resizes
 (shorter side `min_size`, longer side at most `max_size`, as the official evaluation) and
 normalizes with ImageNet statistics, and returns the exact `Geometry` of the pass.
+
+This module imports PIL and numpy, never torch at import time (only `preprocess` needs it): the
+budgeted decode workers (io/decode_budget.py) import it, and start in milliseconds without torch.
 """
 
 from __future__ import annotations
@@ -16,13 +19,17 @@ import stat
 import struct
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
 from ..errors import ImageError
+from . import decode_budget
 from .decode_budget import run_budgeted
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "Geometry", "PreparedImage", "load_image", "preprocess", "resized_size", "without_png_metadata", "MAX_PIXELS",
@@ -35,9 +42,9 @@ MAX_JPEG_FILL_BYTES = 64 * 2**10  # 0xFF fill bytes between markers (legal, but 
 MAX_JPEG_FILL_RUN = 1024  # of them before one marker
 MAX_PNG_CHUNKS = 20_000  # IDATs included; 2 million unknown ancillary chunks cost half a minute
 MAX_PNG_ANCILLARY = 1_000
-# "1": decode bytes and files in the budgeted worker pool of `decode_budget` (CPU, memory and time
-# limits whatever the file does). Off by default: it adds about 0.3 s to a 12-megapixel JPEG and
-# about 7 s to a process's first decode (the workers start), far over the ~30 ms it may cost.
+# Bytes and files are decoded in the budgeted worker pool of `decode_budget` (CPU, memory and time
+# limits whatever the file does) unless this is "0": then in this process, with only the structure
+# checks of `refuse_costly` (and PIL's pixel limit) between a hostile file and the server.
 DECODE_BUDGET_ENV = "DETR_DECODE_BUDGET"
 # The only decoders untrusted bytes reach (PIL's JPEG opener also returns the MPO files many phones
 # write). PIL would otherwise try every plugin it has, EPS included, which it reads by running
@@ -195,7 +202,8 @@ def read_file(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> bytes:
     return data
 
 
-_FILL_RUN = re.compile(rb"\xff{%d,}" % (MAX_JPEG_FILL_RUN + 2))  # fill bytes and the marker's own 0xFF
+# more fill bytes in a row than accepted, and the marker's own 0xFF (bytes.find: 0.1 ms for 2.6 MB, a regex 25)
+_FILL_RUN = b"\xff" * (MAX_JPEG_FILL_RUN + 2)
 _FF_RUN = re.compile(rb"\xff+")
 _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # entropy data stuffs 0xFF as FF00; RSTn lie inside it
 
@@ -238,7 +246,7 @@ def refuse_costly(data: bytes) -> None:
         scans, fill, most = 0, 0, 0
         # whole-file counts first (fast; they include segment payloads): the walk only where they are high
         pairs = data.count(b"\xff\xff")  # at least half the 0xFF fill bytes
-        if data.count(b"\xff\xda") > MAX_JPEG_SCANS or 2 * pairs > MAX_JPEG_FILL_BYTES or _FILL_RUN.search(data):
+        if data.count(b"\xff\xda") > MAX_JPEG_SCANS or 2 * pairs > MAX_JPEG_FILL_BYTES or data.find(_FILL_RUN) >= 0:
             scans, fill, most = _jpeg_markers(data)
         if scans > MAX_JPEG_SCANS:
             raise ImageError(f"this JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are accepted (a 'scan bomb')")
@@ -413,7 +421,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def load_image(source: bytes | str | os.PathLike | Image.Image) -> Image.Image:
@@ -421,27 +429,77 @@ def load_image(source: bytes | str | os.PathLike | Image.Image) -> Image.Image:
 
     Raises `ImageError` for empty files, non-images, truncated or corrupt data, and images of more
     than `MAX_PIXELS` pixels (checked from the header, before decoding), and, before decoding,
-    files whose structure alone shows they would cost minutes (`refuse_costly`). With
-    $DETR_DECODE_BUDGET=1, bytes and files are decoded under the budget of `decode_budget` (a worker
-    process with CPU, memory and time limits); a PIL image is always converted in this process.
+    files whose structure alone shows they would cost minutes (`refuse_costly`). Bytes and files
+    are decoded under the budget of `decode_budget` (a worker process with CPU, memory and time
+    limits) unless $DETR_DECODE_BUDGET is "0"; a PIL image is always converted in this process.
+
+    A decoded image may be backed by read-only shared memory (the worker's result, not copied):
+    Pillow copies it before anything draws on it or pastes into it, as for any read-only image.
     """
     if isinstance(source, Image.Image):
         return _decode_opened(source)
     data = _bytes_of(source)
     refuse_costly(data)
-    if os.environ.get(DECODE_BUDGET_ENV) != "1":
-        return _decode_opened(_open(data))
-    (w, h), pixels = run_budgeted(decode_rgb, data)
-    return Image.frombuffer("RGB", (w, h), pixels, "raw", "RGB", 0, 1)
+    if not budget_on():
+        return _decode_opened(_open(data), owned=True)
+    (w, h, orientation), pixels = run_budgeted(decode_shared, data)
+    img = Image.new("RGB", (0, 0))._new(Image.core.map_buffer(pixels, (w, h), "raw", 0, ("RGB", 0, 1)))
+    img.readonly = 1
+    return img if orientation not in _TRANSPOSE else img.transpose(_TRANSPOSE[orientation])
 
 
-def decode_rgb(data: bytes) -> tuple[tuple[int, int], bytes]:
-    """Bytes -> ((w, h), RGB bytes): the decode `load_image` runs in a budgeted worker."""
-    img = _decode_opened(_open(data))
-    return img.size, img.tobytes()
+def budget_on() -> bool:
+    """Whether `load_image` decodes bytes and files in the budgeted workers (yes unless
+    $DETR_DECODE_BUDGET is "0")."""
+    return os.environ.get(DECODE_BUDGET_ENV, "1").strip() != "0"
 
 
-def _decode_opened(img: Image.Image) -> Image.Image:
+_TRANSPOSE = {  # EXIF orientation -> what makes the stored pixels upright (as ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}  # fmt: skip
+
+
+def decode_shared(data: bytes) -> tuple[tuple[int, int, int], memoryview]:
+    """Bytes -> ((w, h, EXIF orientation), RGB pixels in `decode_budget.output_buffer`): the decode
+    `load_image` runs in a budgeted worker. Pixels are Pillow's RGB layout (4 bytes a pixel, the 4th
+    unused), stored as the file holds them; the parent turns them upright (`_TRANSPOSE`).
+
+    An RGB JPEG or PNG (most photos) is decoded straight into the shared buffer; anything else is
+    decoded and converted as in process (`_decode_opened`) and copied there."""
+    img = _open(data)
+    _check_size(img)
+    w, h = img.size
+    out = None
+    if img.format in ("JPEG", "MPO", "PNG") and img.mode == "RGB" and "transparency" not in img.info:
+        out = decode_budget.output_buffer(w * h * 4)
+        target = Image.core.map_buffer(out, (w, h), "raw", 0, ("RGB", 0, 1))
+        img.im = target  # ImageFile.load() decodes into the image memory it finds (as into its mmap)
+        _load(img)
+        # (the orientation only now: a PNG's getexif() loads the image, into memory of its own)
+        if img.im is target and img.size == (w, h) and img.mode == "RGB":
+            return (w, h, _orientation(img)), out
+        rgb = _decode_opened(img)  # not decoded in place after all (a plugin's own load()): copied
+    else:
+        rgb = _decode_opened(img)
+    w, h = rgb.size
+    if out is None or len(out) != w * h * 4:
+        out = decode_budget.output_buffer(w * h * 4)  # (a second call raises: the sizes always agree)
+    dest = Image.new("RGB", (0, 0))._new(Image.core.map_buffer(out, (w, h), "raw", 0, ("RGB", 0, 1)))
+    dest.im.paste(rgb.im, (0, 0, w, h))
+    return (w, h, 1), out
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1: as stored), read as ImageOps.exif_transpose reads it."""
+    try:
+        return int(img.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception as e:  # as exif_transpose's would, in `_decode_opened`
+        raise ImageError(f"the image data is truncated or corrupt ({type(e).__name__}: {e})") from None
+
+
+def _check_size(img: Image.Image) -> None:
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ImageError(f"the image has no pixels ({w}x{h})")
@@ -450,10 +508,29 @@ def _decode_opened(img: Image.Image) -> Image.Image:
             f"the image is too large: {w}x{h} is {w * h:,} pixels, at most {MAX_PIXELS:,} "
             f"({MAX_PIXELS // 1_000_000} megapixels) are accepted"
         )
+
+
+def _load(img: Image.Image) -> None:
     try:
         img.seek(0)  # animated images: the first frame
         img.load()
-        img = ImageOps.exif_transpose(img)
+    except MemoryError:
+        raise
+    except Exception as e:  # truncated/corrupt data surfaces as OSError, SyntaxError, ValueError, ...
+        raise ImageError(f"the image data is truncated or corrupt ({type(e).__name__}: {e})") from None
+
+
+def _decode_opened(img: Image.Image, owned: bool = False) -> Image.Image:
+    """An opened image -> its first frame, upright, in RGB. `owned`: `img` was opened here from
+    bytes and nobody else holds it, so a single-frame RGB JPEG or PNG is returned as it is (the
+    copy a conversion to RGB makes is 48 MB and 25 ms for a 12-megapixel photo)."""
+    _check_size(img)
+    _load(img)
+    try:
+        if _orientation(img) in _TRANSPOSE:
+            return _to_rgb(ImageOps.exif_transpose(img))
+        if owned and img.format in ("JPEG", "PNG") and img.mode == "RGB" and "transparency" not in img.info:
+            return img
         return _to_rgb(img)
     except ImageError:
         raise
@@ -485,6 +562,8 @@ def preprocess(image: Image.Image, stride: int, min_size: int = 800, max_size: i
             f"the image is too narrow: {w}x{h} would be resized to {in_w}x{in_h}, and its short side "
             f"would be less than one feature cell ({stride} px). Crop it to a less extreme aspect ratio."
         )
+    import torch  # here, not at the top: the decode workers import this module and never need it
+
     resized = image if (in_w, in_h) == (w, h) else image.resize((in_w, in_h), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)  # [3, H, W]
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
