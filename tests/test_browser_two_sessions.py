@@ -2,10 +2,15 @@
 clicks are answered in about their usual time.
 
 The pathological file is a 40-megapixel RLE4 BMP of a few hundred kB (tests/test_decode_budget.py's
-`bmp_rle`): no structure check refuses it (those are for JPEG and PNG), and PIL decodes RLE in
-Python, so in the server's process it would hold the interpreter for seconds. In the budgeted
-decode worker (io/decode_budget.py, the default) it spends its 3 s of CPU on one core and is
-stopped, and the server's process only waits for it.
+`bmp_rle`): no structure check refuses it (those are for JPEG and PNG), and it costs seconds of CPU.
+In the budgeted decode worker (io/decode_budget.py, the default) it spends up to its 3 s of CPU on
+one core and is stopped (an AMD EPYC), or on a faster CPU is decoded just within it (3.6 s of CPU
+on an Intel Xeon; RLIMIT_CPU counts whole seconds and the worker grants one more); the server's
+process only waits for it. What this test guards is the requirement, another session's speed, not
+the worker itself: with the decode in the server's process (DETR_DECODE_BUDGET=0) B's clicks were
+measured within the bound too (1.27 s against a usual 0.58 s: Pillow's decoders let other threads
+run). A decode that held the interpreter, or a server that answered sessions one at a time, would
+fail it. That a decode is bounded at all is tests/test_decode_budget.py's.
 
 Session B (the encoder page) is timed first on its own: the median of three clicks is its usual
 time. Then session A uploads the BMP, and while A's run is still going B clicks twice more; each
@@ -14,7 +19,7 @@ shared with the test runner, Chromium and other jobs, and while A's worker burns
 gets at most the other, so B may honestly be slower; 3x (or 1.5 s for a very fast usual time) is
 far below what a decode in the server's process costs B (the whole decode: seconds), so the test
 tells the two apart without flaking on a busy machine. The test checks that A was still decoding
-when B's clicks were answered (else it would prove nothing) and that A then gets its message.
+when B's clicks were answered (else it would prove nothing) and that A then gets its answer.
 
 Run with `python -m pytest tests/test_browser_two_sessions.py -m browser`; needs /usr/bin/chromium.
 """
@@ -103,11 +108,6 @@ def click_cell(page, g, fx: float, fy: float) -> float:
     return time.perf_counter() - start
 
 
-@pytest.mark.xfail(
-    reason="A's answer to the BMP never showed within 120 s in this test (5.9 s in a hand-run script); "
-    "B's clicks were within the bound in every run. Not understood yet: see the i-decode report",
-    strict=False,
-)
 def test_a_pathological_upload_does_not_slow_another_session(browser, server, tmp_path):
     bomb = tmp_path / "bomb.bmp"
     bomb.write_bytes(bmp_rle(rle4=True))
@@ -129,8 +129,7 @@ def test_a_pathological_upload_does_not_slow_another_session(browser, server, tm
 
         open_app(a, server)
         pick_source(a, "Upload")
-        # A's first upload is a small photo (a session's first upload of the BMP was seen never answered
-        # within 120 s; after one photo it is answered in seconds: not understood yet, see the report)
+        # A's first upload is a small photo: its session is warm, so what A then waits for is the BMP's decode
         good = tmp_path / "red.png"
         Image.new("RGB", (64, 48), (200, 30, 30)).save(good)
         a.locator('[data-testid="stSidebar"] input[type=file]').set_input_files(str(good))
@@ -140,16 +139,20 @@ def test_a_pathological_upload_does_not_slow_another_session(browser, server, tm
         a_started = time.perf_counter()
         # the file is on the server (the uploader names it): A's run, and its decode, start now
         expect(a.locator('[data-testid="stSidebar"]').get_by_text("bomb.bmp")).to_be_visible(timeout=CLICK_WAIT_MS)
-        alert = a.locator('[data-testid="stMain"] [data-testid="stAlertContentError"]').filter(has_text="bomb.bmp")
+        # A's answer: the budget's refusal, or (where the worker decodes it within its CPU limit, as an
+        # Intel Xeon did) the analysis of the decoded picture
+        refusal = a.locator('[data-testid="stMain"] [data-testid="stAlertContentError"]').filter(has_text="bomb.bmp")
+        analyzed = a.locator('[data-testid="stMain"]').get_by_text(re.compile(re.escape(" on bomb.bmp · ")))
+        alert = refusal.or_(analyzed)
         during = []
         for fx, fy in points[3:5]:
             seconds = click_cell(b, g, fx, fy)
             during.append((seconds, alert.count() == 0))  # (B's answer time, A not answered yet)
             wait_idle(b)
         print(f"B's usual click {usual:.2f} s {usual_samples}; during A's upload {during}; limit {limit:.2f} s")
-        expect(alert).to_be_visible(timeout=WAIT_MS)
+        expect(alert.first).to_be_visible(timeout=WAIT_MS)
         a_seconds = time.perf_counter() - a_started
-        message = alert.inner_text()
+        message = alert.first.inner_text()
     finally:
         context_a.close()
         context_b.close()
@@ -159,4 +162,5 @@ def test_a_pathological_upload_does_not_slow_another_session(browser, server, tm
     assert during[0][1], f"A's upload was answered before B's first click was: the test proved nothing ({during})"
     for seconds, _busy in during:
         assert seconds <= limit, (seconds, limit, usual_samples, during)
-    assert re.search(r"CPU|longer than|memory", message), message  # stopped by the budget, with the reason
+    # stopped by the budget, with the reason, or decoded and analyzed within it
+    assert re.search(r"CPU|longer than|memory| on bomb\.bmp · ", message), message
