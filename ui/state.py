@@ -128,10 +128,14 @@ def persist_page_widgets() -> None:
     picker's first entry, DETR R50: the session switched model by itself, tried a 159 MB download,
     and lost its image source to the fallback.
 
-    A widget the visitor changed since the last run is not pinned in this run: its value comes from
-    the browser already, and re-sending it resets the control in use. A slider moved by a burst of
-    key presses commits once while the run it started is drawing; that run's re-sent value put the
-    slider back, and the rest of the burst was lost (tests/test_browser.py, the threshold burst).
+    A stepped control (a slider, a number input: `STEPPED_KEYS`) the visitor changed since the last
+    run is not pinned in this run: its value comes from the browser already, and re-sending it
+    resets the control in use. A slider moved by a burst of key presses commits once while the run
+    it started is drawing; that run's re-sent value put the slider back, and the rest of the burst
+    was lost (tests/test_browser.py, the threshold burst). Every other widget is pinned in every run,
+    the one its visitor just changed included: re-sending it corrects the browser when a message of
+    a run that was still drawing arrived after the visitor's pick (seen: a picked "Upload" source
+    put back to the scene by such a late message, its file chooser gone).
     """
     ss = st.session_state
     last = ss.get(_PINNED_VALUES, {})
@@ -140,12 +144,14 @@ def persist_page_widgets() -> None:
         if isinstance(key, str) and (key.startswith("p_") or key in PINNED_SIDEBAR_KEYS):
             value = ss[key]
             pinned[key] = value
-            if key in last and not _same(last[key], value):
-                continue  # changed in the browser since the last run
+            if key in STEPPED_KEYS and key in last and not _same(last[key], value):
+                continue  # stepped in the browser since the last run
             ss[key] = value
     ss[_PINNED_VALUES] = pinned
 
 
+# Sliders and number inputs (sidebar and pages): a burst of steps commits while runs are drawing.
+STEPPED_KEYS = frozenset({"w_threshold", "w_min", "w_max", "w_scene", "p_model_classes"})
 _PINNED_VALUES = "_pinned_values"  # session key: {widget key: value} as the last run pinned them
 
 
