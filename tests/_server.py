@@ -19,6 +19,19 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 
 
+def browser_marks(timeout_s: int) -> list:
+    """A browser test module's `pytestmark`: marked browser and slow, skipped without Debian's
+    Chromium, each test bounded by `timeout_s`."""
+    import pytest  # (benchmarks import this module without pytest)
+
+    return [
+        pytest.mark.browser,
+        pytest.mark.slow,
+        pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed"),
+        pytest.mark.timeout(timeout_s),
+    ]
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

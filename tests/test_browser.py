@@ -21,14 +21,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _server import CHROMIUM, StreamlitServer, launch_chromium  # noqa: E402
+from _server import StreamlitServer, browser_marks, launch_chromium  # noqa: E402
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed"),
-    pytest.mark.timeout(600),
-]
+pytestmark = browser_marks(600)
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect

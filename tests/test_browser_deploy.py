@@ -22,14 +22,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _server import CHROMIUM, StreamlitServer, free_port, launch_chromium  # noqa: E402
+from _server import StreamlitServer, browser_marks, free_port, launch_chromium  # noqa: E402
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed"),
-    pytest.mark.timeout(900),
-]
+pytestmark = browser_marks(900)
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
