@@ -122,7 +122,7 @@ def main() -> None:
         else:
             print(json.dumps(_one(kind, int(what), args.repeat)))
         return
-    from benchmarks.decode import cpu_model
+    from machine import cpu_description  # benchmarks/machine.py (this script's folder)
 
     def child(kind: str, what: str) -> dict:
         opts = ["--threads", str(args.threads), "--repeat", str(args.repeat), "--child", kind, what]
@@ -132,7 +132,7 @@ def main() -> None:
         )  # fmt: skip
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores, torch threads {args.threads}, load {os.getloadavg()[0]:.1f}")
+    print(f"CPU: {cpu_description()}, torch threads {args.threads}, load {os.getloadavg()[0]:.1f}")
     print("| kind | tokens | seconds (fastest of --repeat) | s per token^2 | peak MB added |")
     print("|---|---:|---:|---:|---:|")
     for kind in [k for k in ("entropy", "rollout") if k in args.kinds]:

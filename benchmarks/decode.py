@@ -13,27 +13,15 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import statistics
 import time
 
 import numpy as np
+from machine import cpu_description  # benchmarks/machine.py (this script's folder)
 from PIL import Image
 
 from detr_core.io import decode_budget
 from detr_core.io.image import DECODE_BUDGET_ENV, load_image
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
 
 PAUSE_S = 0.2  # between decodes, as between uploads: a worker readies its next result's memory meanwhile
 
@@ -78,7 +66,7 @@ def main() -> None:
         rows += [(f"{name}: in process", local), (f"{name}: budgeted worker", worker),
                  (f"{name}: overhead of the budget", worker - local)]  # fmt: skip
     rows.append(("start of the pool (warm_up, once)", cold))
-    print(f"CPU: {cpu_model()} ({os.cpu_count()} cores); 4000x3000 JPEG, {len(data) / 2**20:.1f} MB; "
+    print(f"CPU: {cpu_description()}; 4000x3000 JPEG, {len(data) / 2**20:.1f} MB; "
           f"median of {args.repeat}, {args.pause} s apart; load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     width = max(len(name) for name, _ in rows)
     print(f"| {'load_image':{width}} | {'ms':>8} |")

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -42,6 +40,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "tests"))  # tests/_server.py
 
 from _server import CHROMIUM, StreamlitServer, launch_chromium  # noqa: E402
+from machine import cpu_description  # noqa: E402  (benchmarks/machine.py)
 
 VIEWPORT = {"width": 1440, "height": 900}
 WAIT_MS = 120_000
@@ -67,15 +66,6 @@ SHOWN_JS = """(want) => {
   return [...main.querySelectorAll('img')].every(i => i.complete && i.naturalWidth > 0);
 }"""
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -329,7 +319,7 @@ def run_model(browser, server, model: str, reps: int, workdir: Path, checkpoint:
 def table(all_results: dict[str, dict[str, list[float]]], reps: int) -> str:
     lines = [
         f"Interaction latency, input event -> new map visible, p50 / p95 over {reps} repetitions (ms); "
-        f"CPU: {cpu_name()}, {os.cpu_count()} cores, browser and server on the same cores",
+        f"CPU: {cpu_description()}, browser and server on the same cores",
         "",
         "| interaction | " + " | ".join(all_results) + " | target (p95) |",
         "|---|" + "---|" * len(all_results) + "---|",
