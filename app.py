@@ -47,7 +47,7 @@ notes_area = st.container()
 if "torch" not in sys.modules:  # a fresh server: let the title reach the browser before PyTorch's import
     time.sleep(0.3)  # (loading its libraries holds the interpreter for seconds, the messages too)
 
-from ui import caches, frame, sidebar, state, text  # noqa: E402 (after the title: the first import loads PyTorch)
+from ui import caches, collector, frame, sidebar, state, text  # noqa: E402 (after the title: the first import loads PyTorch)
 
 sidebar.start_host_checks()
 caches.start_decode_workers()  # once per server process: the workers that decode visitors' bytes
@@ -75,3 +75,4 @@ finally:
     frame.show_notes(notes_area, frame.notes_view(params, run_view.image_hash if run_view else None))
     # Forward passes this session caused (an image and model another visitor already ran are cached).
     st.sidebar.caption(f"model runs (this session): {caches.session_model_runs()}")
+    collector.after_imports()  # the first run in a server: long-lived objects out of the per-run collections

@@ -11,6 +11,7 @@ DIRECTIONS = {"looks": "where this location looks", "looked_at": "what looks at 
 COLOUR_NAMES = ("blue", "orange", "yellow", "purple")
 GRID = "all heads (grid)"
 FOUR_KEY = "p_enc_four_direction"  # the four-point figure's own direction (default: the notebook's)
+FIGURE_KEY = "_enc_figure"  # this session's clickable photo: (what it shows, its Plotly figure)
 
 
 def parse_points(text: str) -> list[tuple[float, float]]:
@@ -86,6 +87,16 @@ def _reset_points() -> None:
     st.session_state["enc_points"] = None
 
 
+def _clickable_figure(view, photo, height: int):
+    """The photo with its clickable cells, built once per session and photo and marked again in each run
+    (`figures.mark_cells`): building a Plotly figure, which validates every property, took most of a click."""
+    tag = (view.image_hash, view.geometry, photo.size, height)
+    kept = st.session_state.get(FIGURE_KEY)
+    if kept is None or kept[0] != tag:
+        kept = st.session_state[FIGURE_KEY] = (tag, figures.cells_figure(photo, view.geometry, height))
+    return kept[1]
+
+
 def _stem(view) -> str:
     return (view.image_label.rsplit(".", 1)[0] or "image").replace(" ", "_")
 
@@ -153,7 +164,7 @@ def _explore_body() -> None:
     )
 
     points = _points(view)
-    results = [compute.encoder_result(analysis, x, y, layer, map_head, direction) for x, y in points]
+    results = [compute.cell_result(view.key, analysis, x, y, layer, map_head, direction) for x, y in points]
     current = results[-1]
     current_color = color_of(len(results) - 1)
     wide = geometry.orig_w > 1.6 * geometry.orig_h  # a panorama: the photo and its maps one above the other
@@ -164,7 +175,7 @@ def _explore_body() -> None:
         marked = [(result.row, result.col, str(i + 1)) for i, result in enumerate(results)]
         width = main if wide else viewport.column_width(main, 1.25 / 2.25)
         height = figures.fitted_height(geometry.orig_w, geometry.orig_h, width)
-        fig = figures.clickable_cells_figure(photo, geometry, marked, height=height)
+        fig = figures.mark_cells(_clickable_figure(view, photo, height), geometry, marked)
         touch.hover_on_tap()
         st.plotly_chart(
             fig, key=PLOT_KEY, on_select=_on_click, selection_mode="points", theme=None,
@@ -179,9 +190,9 @@ def _explore_body() -> None:
         )
         small = view.display_image(440 if not wide else 900)
         dg = view.display_geometry(small)
-        shown, own_share = compute.display_map(current, layer)
-        heat = draw_cell(compute.heatmap_image(shown, dg), dg, current.row, current.col, color=current_color)
-        overlay = compute.overlay_image(small, shown, dg)
+        _, own_share = compute.display_map(current, layer)
+        heat = draw_cell(compute.encoder_picture(current, layer, dg), dg, current.row, current.col, color=current_color)
+        overlay = compute.encoder_picture(current, layer, dg, small)
         overlay = draw_cell(overlay, dg, current.row, current.col, color=current_color)
         note = (
             f" · the cell's own share ({100 * own_share:.0f}% of the rollout, its identity term) is left out of "
@@ -190,9 +201,8 @@ def _explore_body() -> None:
             else ""
         )
         pics = st.columns(2) if wide else (st.container(), st.container())
-        pics[0].image(
-            heat, caption=f"map of cell ({current.row}, {current.col}), the cell outlined{note}", width="stretch"
-        )
+        caption = f"map of cell ({current.row}, {current.col}), the cell outlined{note}"
+        pics[0].image(heat, caption=caption, width="stretch")
         pics[1].image(overlay, caption="as an overlay, the cell outlined", width="stretch")
         stem = f"{_stem(view)}_encoder_cell{current.row}-{current.col}_layer-{layer}_head-{map_head}_{direction}"
         exact = current.map
@@ -217,8 +227,10 @@ def _explore_body() -> None:
         for start in range(0, analysis.nheads, per_row):
             cols = st.columns(per_row)
             for col, head_index in zip(cols, range(start, min(start + per_row, analysis.nheads)), strict=False):
-                result = compute.encoder_result(analysis, current.x, current.y, layer, str(head_index + 1), direction)
-                pic = draw_cell(compute.heatmap_image(result.map, tg), tg, result.row, result.col, color=current_color)
+                result = compute.cell_result(view.key, analysis, current.x, current.y, layer, str(head_index + 1),
+                                             direction)  # fmt: skip
+                pic = draw_cell(compute.encoder_picture(result, layer, tg), tg, result.row, result.col,
+                                color=current_color)  # fmt: skip
                 col.image(pic, caption=f"head {head_index + 1}", width="stretch")
 
     _four_points(view, points, layer, map_head, wide)
@@ -234,7 +246,7 @@ def _four_points(view, points, layer: str, map_head: str, wide: bool) -> None:
         "Direction of this figure", list(DIRECTIONS), format_func=DIRECTIONS.get, key=FOUR_KEY, horizontal=True,
         help="The notebook's figure reads sattn[..., y, x]: what looks at each point. The view above has its own.",
     )  # fmt: skip
-    results = [compute.encoder_result(analysis, x, y, layer, map_head, direction) for x, y in points]
+    results = [compute.cell_result(view.key, analysis, x, y, layer, map_head, direction) for x, y in points]
     default = " (the notebook's: `sattn[..., y, x]`)" if direction == "looked_at" else ""
     st.caption(f"{DIRECTIONS[direction]}{default} · layer {layer} · head {map_head} · each point's cell outlined")
     thumb = view.display_image(320 if not wide else 900)
@@ -244,8 +256,7 @@ def _four_points(view, points, layer: str, map_head: str, wide: bool) -> None:
         marked_photo = draw_cell(marked_photo, tg, result.row, result.col, color=color_of(i))
     tiles = []
     for i, result in enumerate(results):
-        shown, _ = compute.display_map(result, layer)
-        pic = draw_cell(compute.heatmap_image(shown, tg), tg, result.row, result.col, color=color_of(i))
+        pic = draw_cell(compute.encoder_picture(result, layer, tg), tg, result.row, result.col, color=color_of(i))
         tiles.append((pic, f"{i + 1} ({COLOUR_NAMES[i]}): cell ({result.row}, {result.col})"))
     photo_tile = (marked_photo, "the points' cells, outlined in their colours")
     if wide:  # the photo on its own row, the maps one or two a row: each stays tall enough to read

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -491,8 +492,13 @@ def test_a_download_reports_progress_and_a_failed_one_falls_back(monkeypatch, sc
 NON_DEFAULT = {
     "detect": {"model": "detr_shapes", "src": "scene", "scene": "7", "thr": "0.55", "min": "96", "max": "640"},
     "sample": {"src": "sample", "sample": "chelsea.png", "thr": "0.30"},
-    "encoder": {"enc_dir": "looked_at", "enc_layer": "rollout", "enc_head": "3", "pts": "20,100;60,30",
-                "four_dir": "looks"},
+    "encoder": {
+        "enc_dir": "looked_at",
+        "enc_layer": "rollout",
+        "enc_head": "3",
+        "pts": "20,100;60,30",
+        "four_dir": "looks",
+    },
     "encoder-grid": {"enc_layer": "mean", "enc_head": "grid"},
     "decoder": {"dec_mode": "relevance", "dec_layer": "1", "dec_head": "2", "thr": "0.00", "q": "5"},
 }
@@ -665,7 +671,10 @@ def test_messages_for_visitors_name_no_server_folder_and_stay_short():
     text = visitor_text("put x.pth in /home/alice/.cache/torch/hub/checkpoints\nor C:\\Users\\bob\\w\nthree\nfour")
     assert "alice" not in text and "bob" not in text and ".cache" not in text
     assert text.startswith("put x.pth in …/checkpoints") and len(text.splitlines()) == 3
-    assert visitor_text("from https://dl.fbaipublicfiles.com/detr/x.pth") == "from https://dl.fbaipublicfiles.com/detr/x.pth"
+    assert (
+        visitor_text("from https://dl.fbaipublicfiles.com/detr/x.pth")
+        == "from https://dl.fbaipublicfiles.com/detr/x.pth"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -701,6 +710,51 @@ def test_rollout_display_leaves_the_own_cell_out_of_the_colour_scale_and_keeps_t
     assert 0 < share < 1
     plain = compute.encoder_result(analysis, g.orig_w / 2, g.orig_h / 2, "2", "mean", "looks")
     assert compute.display_map(plain, "2") == (plain.map, None)
+
+
+def test_cached_cell_maps_and_pictures_are_the_core_s_and_keep_analyses_apart(shapes_model, scene):
+    """The encoder page's per-cell caches (ui/compute.cell_result, encoder_picture) give exactly what the
+    uncached path gives, for every cell, layer, head and direction, and two analyses never share an entry."""
+    from detr_core.analysis.pipeline import analyze
+    from ui import compute
+
+    first = analyze(shapes_model, caches.scene_png(scene), "detr_shapes")
+    other = analyze(shapes_model, caches.scene_png(scene + 1), "detr_shapes")
+    g = first.geometry
+    photo = Image.new("RGB", (g.orig_w, g.orig_h), (120, 90, 60))
+    for key, analysis in (("first", first), ("other", other)):
+        for row, col in ((0, 0), (g.feat_h - 1, g.feat_w - 1), (g.feat_h // 2, 1)):
+            x, y = g.cell_center(row, col)
+            for layer, head, direction in (  # neighbours differ in one of the three
+                ("1", "mean", "looks"),
+                ("1", "mean", "looked_at"),
+                ("1", "2", "looked_at"),
+                ("mean", "2", "looked_at"),
+                ("rollout", "mean", "looks"),
+            ):
+                for _ in range(2):  # the second call is served from the caches
+                    cached = compute.cell_result(key, analysis, x + 0.3, y - 0.2, layer, head, direction)
+                    plain = compute.encoder_result(analysis, x + 0.3, y - 0.2, layer, head, direction)
+                    assert (
+                        (cached.row, cached.col, cached.token)
+                        == (plain.row, plain.col, plain.token)
+                        == (row, col, g.token(row, col))
+                    )
+                    np.testing.assert_array_equal(cached.map, plain.map)
+                    assert not cached.map.flags.writeable
+                    shown, _ = compute.display_map(plain, layer)
+                    np.testing.assert_array_equal(
+                        np.asarray(compute.encoder_picture(cached, layer, g)),
+                        np.asarray(compute.heatmap_image(shown, g)),
+                    )
+                    np.testing.assert_array_equal(
+                        np.asarray(compute.encoder_picture(cached, layer, g, photo)),
+                        np.asarray(compute.overlay_image(photo, shown, g)),
+                    )
+    assert not np.array_equal(
+        compute.cell_result("first", first, 1, 1, "1", "mean", "looks").map,
+        compute.cell_result("other", other, 1, 1, "1", "mean", "looks").map,
+    )
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import csv
 import inspect
 import io
 import json
+from collections.abc import Hashable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -21,6 +22,9 @@ from detr_core.analysis.capture import Analysis
 from detr_core.io import render
 from detr_core.io.image import Geometry
 from detr_core.io.postprocess import Detection
+
+from .caches import image_nbytes
+from .lru import MB, BoundedLRU
 
 # ------------------------------------------------------------------------------------------------
 # Layer / head choices as the UI shows them
@@ -55,11 +59,52 @@ class EncoderResult:
     token: int
     x: float  # the point asked for, original pixels
     y: float
+    key: Hashable | None = None  # what determines `map` (cell_result's cache key), or None when not cached
 
 
 def encoder_result(analysis: Analysis, x: float, y: float, layer: str, head: str, direction: str) -> EncoderResult:
     em = attention.encoder_map(analysis, x, y, layer=layer_arg(layer), head=head_arg(head), direction=direction)
     return EncoderResult(em.map.numpy(), em.row, em.col, em.token, x, y)
+
+
+# A click adds one point to the encoder's view; every other point's map and picture is the one of the run
+# before. They are kept here, process-wide and bounded by entries and bytes (values shared, read-only):
+# an R50 map is 25 x 34 floats (3.4 kB), a picture at most 900 px wide (about 2.4 MB as Pillow holds it).
+CELL_MAPS: BoundedLRU[np.ndarray] = BoundedLRU("encoder cell map", 4096, 32 * MB, lambda m: m.nbytes)
+MAP_PICTURES: BoundedLRU[Image.Image] = BoundedLRU("map picture", 128, 64 * MB, image_nbytes)
+
+
+def cell_result(
+    analysis_key: Hashable, analysis: Analysis, x: float, y: float, layer: str, head: str, direction: str
+) -> EncoderResult:
+    """`encoder_result` at (x, y), its map cached per feature cell (`analysis_key` names the analysis: a
+    map depends only on the analysis, the cell, the layer, the head and the direction)."""
+    row, col = analysis.geometry.pixel_to_cell(x, y)
+    key = (analysis_key, row, col, layer, head, direction)
+
+    def compute() -> np.ndarray:
+        exact = encoder_result(analysis, x, y, layer, head, direction).map
+        exact.setflags(write=False)  # shared by every caller
+        return exact
+
+    exact = CELL_MAPS.get_or_compute(key, compute)
+    return EncoderResult(exact, row, col, analysis.geometry.token(row, col), x, y, key)
+
+
+def encoder_picture(
+    result: EncoderResult, layer: str, geometry: Geometry, photo: Image.Image | None = None
+) -> Image.Image:
+    """The map of `result` as it is shown (`display_map`), coloured at `geometry`'s size: over `photo` when
+    given, else alone. Cached when the result is (`cell_result`); shared: draw on a copy."""
+
+    def compute() -> Image.Image:
+        shown, _ = display_map(result, layer)
+        return heatmap_image(shown, geometry) if photo is None else overlay_image(photo, shown, geometry)
+
+    if result.key is None:
+        return compute()
+    what = "heat" if photo is None else "overlay"
+    return MAP_PICTURES.get_or_compute((what, result.key, geometry.orig_w, geometry.orig_h), compute)
 
 
 @dataclass(frozen=True)

@@ -105,23 +105,36 @@ def cell_grid_trace(geometry: Geometry) -> go.Scatter:
     )  # fmt: skip
 
 
+def cells_figure(image: Image.Image, geometry: Geometry, height: int = PHOTO_HEIGHT) -> go.Figure:
+    """The photo with a clickable feature-cell grid and no cell marked yet (`mark_cells`)."""
+    fig = photo_figure(image, geometry.orig_w, geometry.orig_h, height)
+    fig.add_trace(cell_grid_trace(geometry))
+    fig.update_layout(hoverdistance=-1, clickmode="event+select")
+    return fig
+
+
+def mark_cells(fig: go.Figure, geometry: Geometry, marked: list[tuple[int, int, str]]) -> go.Figure:
+    """Outline the `marked` cells (row, col, label) of a `cells_figure`, replacing the cells it marked
+    before: a page keeps one figure per photo and marks it in each run (building a figure, Plotly
+    validates every property, is most of the time a run takes). Returns `fig`."""
+    shapes, labels = [], []
+    for i, (row, col, label) in enumerate(marked):
+        x0, y0, x1, y1 = geometry.cell_box(row, col)
+        color = rgb(i)
+        shapes.append(dict(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, line=dict(color=color, width=3), layer="above"))
+        labels.append(dict(
+            x=(x0 + x1) / 2, y=y0, text=label, showarrow=False, yanchor="bottom",
+            font=dict(color="white", size=13), bgcolor=color,
+        ))  # fmt: skip
+    fig.layout.shapes, fig.layout.annotations = shapes, labels  # replaced, each list validated once
+    return fig
+
+
 def clickable_cells_figure(
     image: Image.Image, geometry: Geometry, marked: list[tuple[int, int, str]], height: int = PHOTO_HEIGHT
 ) -> go.Figure:
     """The photo with a clickable feature-cell grid; `marked` cells (row, col, label) are outlined."""
-    g = geometry
-    fig = photo_figure(image, g.orig_w, g.orig_h, height)
-    fig.add_trace(cell_grid_trace(g))
-    fig.update_layout(hoverdistance=-1, clickmode="event+select")
-    for i, (row, col, label) in enumerate(marked):
-        x0, y0, x1, y1 = g.cell_box(row, col)
-        color = rgb(i)
-        fig.add_shape(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, line=dict(color=color, width=3), layer="above")
-        fig.add_annotation(
-            x=(x0 + x1) / 2, y=y0, text=label, showarrow=False, yanchor="bottom",
-            font=dict(color="white", size=13), bgcolor=color,
-        )  # fmt: skip
-    return fig
+    return mark_cells(cells_figure(image, geometry, height), geometry, marked)
 
 
 def _box_path(box) -> tuple[list[float], list[float]]:

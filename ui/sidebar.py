@@ -22,7 +22,7 @@ from detr_core.io import fetch
 from detr_core.models import weights
 from detr_core.models.zoo import ModelSpec, model_status
 
-from . import caches, frame, model_upload, own_models, precision, server_options, view
+from . import caches, collector, frame, model_upload, own_models, precision, server_options, view
 from .caches import SCENE_COUNT, SHAPES
 from .state import (
     SOURCE_LABELS,
@@ -380,6 +380,7 @@ def fragment_done(page_slug: str) -> None:
     new or belongs to the view before this input, rerun the whole app: app.py draws and drops them."""
     if frame.in_page_frame():
         return  # a whole run: app.py syncs the URL and draws the messages after the page
+    collector.note_fragment_run()
     params = sync_url(page_slug)
     run = current_view()
     if frame.notes_outdated(frame.notes_view(params, run.image_hash if run else None)):

@@ -3,6 +3,8 @@ colormap into an RGB overlay, and boxes with "class: score" labels in the notebo
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
@@ -30,8 +32,10 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return np.rint(_VIRIDIS[lo] * (1 - t) + _VIRIDIS[lo + 1] * t).astype(np.uint8)
 
 
-def _normalize(m: np.ndarray) -> np.ndarray:
-    lo, hi = float(m.min()), float(m.max())
+def _normalize(m: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
+    """m min-max scaled to [0, 1], the min and max taken over `among` (default: m itself)."""
+    among = m if among is None else among
+    lo, hi = float(among.min()), float(among.max())
     return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
@@ -45,10 +49,35 @@ def upsample(attention: Tensor | np.ndarray, geometry: Geometry, smooth: bool = 
     return np.asarray(img, dtype=np.float32)
 
 
+@lru_cache(maxsize=16)  # a page draws at two or three sizes; 16 x at most 900 x 900 x 4 bytes
+def cell_index(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Which feature cell each pixel of `upsample(..., smooth=False)` shows: ([orig_h, orig_w] token numbers,
+    the sorted token numbers that appear). The same two resizes, applied to the token numbers (a
+    32-bit image like the map's: Pillow's nearest-neighbour resize picks the same pixels for both)."""
+    g = geometry
+    tokens = np.arange(g.tokens, dtype=np.int32).reshape(g.feat_h, g.feat_w)
+    img = Image.fromarray(tokens, mode="I").resize((g.feat_w * g.stride, g.feat_h * g.stride), Image.NEAREST)
+    img = img.crop((0, 0, g.input_w, g.input_h)).resize((g.orig_w, g.orig_h), Image.NEAREST)
+    index = np.asarray(img, dtype=np.int32)
+    shown = np.flatnonzero(np.bincount(index.reshape(-1), minlength=g.tokens)).astype(np.int32)
+    index.setflags(write=False)
+    shown.setflags(write=False)
+    return index, shown
+
+
 def heatmap(attention: Tensor | np.ndarray, geometry: Geometry | None = None) -> Image.Image:
-    """The map alone, min-max scaled and coloured; at the photo's size when `geometry` is given."""
-    m = upsample(attention, geometry, smooth=False) if geometry is not None else np.asarray(attention, np.float32)
-    return Image.fromarray(colormap(_normalize(m)), "RGB")
+    """The map alone, min-max scaled and coloured; at the photo's size when `geometry` is given.
+
+    The same picture as colouring `upsample(attention, geometry, smooth=False)` pixel by pixel, computed
+    once per feature cell: each pixel shows one cell's value, so the cells are scaled (over the cells
+    that show) and coloured, and the pixels take their cell's colour (`cell_index`; for an
+    R50 map at 440 px: 17.6 -> 3.9 ms)."""
+    if geometry is None:
+        return Image.fromarray(colormap(_normalize(np.asarray(attention, np.float32))), "RGB")
+    cells = np.asarray(attention, dtype=np.float32).reshape(-1)  # [h * w]
+    index, shown = cell_index(geometry)
+    colors = colormap(_normalize(cells, among=cells[shown]))  # [h * w, 3]
+    return Image.fromarray(colors[index], "RGB")
 
 
 def overlay(image: Image.Image, attention: Tensor | np.ndarray, geometry: Geometry, alpha: float = 0.55) -> Image.Image:

@@ -1,0 +1,60 @@
+"""detr_core.io.render: the heatmap coloured once per feature cell is the pixel-by-pixel picture."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from detr_core.io import render
+from detr_core.io.image import Geometry
+
+
+def pixelwise_heatmap(attention: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """The definition: upsample without smoothing, min-max scale over the pixels, colour each pixel."""
+    m = render.upsample(attention, geometry, smooth=False)
+    lo, hi = float(m.min()), float(m.max())
+    scaled = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+    return render.colormap(scaled)
+
+
+def random_geometry(rng: random.Random) -> Geometry:
+    stride = rng.choice([8, 16, 32])
+    input_w, input_h = rng.randint(20, 700), rng.randint(20, 700)
+    feat_w, feat_h = -(-input_w // stride), -(-input_h // stride)
+    # down to thumbnails smaller than the feature map: some cells then show in no pixel at all
+    return Geometry(rng.randint(5, 900), rng.randint(5, 900), input_h, input_w, feat_h, feat_w, stride)
+
+
+@pytest.mark.parametrize("kind", ["random", "constant", "two values", "a NaN", "peaked"])
+def test_the_heatmap_is_the_pixel_by_pixel_picture(kind):
+    rng, nrng = random.Random(kind), np.random.default_rng(len(kind))
+    for _ in range(60):
+        g = random_geometry(rng)
+        m = nrng.random((g.feat_h, g.feat_w)).astype(np.float32)
+        if kind == "constant":
+            m[:] = 0.25
+        elif kind == "two values":
+            m = (m > 0.5).astype(np.float32)
+        elif kind == "a NaN":
+            m[rng.randrange(g.feat_h), rng.randrange(g.feat_w)] = np.nan
+        elif kind == "peaked":
+            m = np.exp(40 * m).astype(np.float32)
+        got = np.asarray(render.heatmap(m, g))
+        assert got.shape == (g.orig_h, g.orig_w, 3)
+        np.testing.assert_array_equal(got, pixelwise_heatmap(m, g), err_msg=str(g))
+
+
+def test_cell_index_names_the_cell_each_pixel_shows():
+    g = Geometry(orig_h=333, orig_w=500, input_h=800, input_w=1201, feat_h=25, feat_w=38, stride=32)
+    index, shown = render.cell_index(g)
+    tokens = np.arange(g.tokens, dtype=np.float32).reshape(g.feat_h, g.feat_w)  # exact in float32
+    np.testing.assert_array_equal(index, render.upsample(tokens, g, smooth=False).astype(np.int32))
+    np.testing.assert_array_equal(shown, np.unique(index))
+    assert not index.flags.writeable  # shared between calls (cached per geometry)
+
+
+def test_the_colormap_ends_are_viridis():
+    ends = render.colormap(np.array([0.0, 1.0, -3.0, 7.0, np.nan]))
+    assert ends.tolist() == [[68, 1, 84], [253, 231, 37], [68, 1, 84], [253, 231, 37], [68, 1, 84]]
