@@ -130,13 +130,6 @@ def mark_cells(fig: go.Figure, geometry: Geometry, marked: list[tuple[int, int, 
     return fig
 
 
-def clickable_cells_figure(
-    image: Image.Image, geometry: Geometry, marked: list[tuple[int, int, str]], height: int = PHOTO_HEIGHT
-) -> go.Figure:
-    """The photo with a clickable feature-cell grid; `marked` cells (row, col, label) are outlined."""
-    return mark_cells(cells_figure(image, geometry, height), geometry, marked)
-
-
 def _box_path(box) -> tuple[list[float], list[float]]:
     x0, y0, x1, y1 = box
     return [x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0]
