@@ -8,6 +8,7 @@ from detr_core.io.render import draw_boxes
 from ui import caches, compute, downloads, figures, frame, sidebar, state, touch, view, viewport
 
 PLOT_KEY = "plot_decoder"
+FIGURE_KEY = "_dec_figure"  # (what it shows, the kept detections figure)
 PANELS = 12  # detections shown as panels at most (all are in the picker)
 PER_ROW = 6
 MODES = ("raw attention", "relevance (Chefer et al.)")
@@ -49,7 +50,7 @@ def render() -> None:
     view = state.require_analysis()
     if view is None:
         return
-    analysis, geometry = view.analysis, view.geometry
+    analysis = view.analysis
     detections = view.detections()
     if not detections:
         st.info(
@@ -65,17 +66,22 @@ def render() -> None:
     )
     thumb = view.display_image(260)
     thumb_geometry = view.display_geometry(thumb)
+    last = str(analysis.dec_layers)
+    size = thumb.size
     shown = detections[:PANELS]
     tiles = []
     for start in range(0, len(shown), PER_ROW):
         cols = st.columns(PER_ROW)
         for col, det in zip(cols, shown[start : start + PER_ROW], strict=False):
-            cross_map = compute.decoder_result(analysis, det.query, str(analysis.dec_layers), "mean")
             title = f"query id: {det.query} · {det.class_name}"
-            heat = compute.heatmap_image(cross_map, thumb_geometry)
+            heat = compute.picture(
+                ("decoder heat", view.key, det.query, last, "mean", size),
+                lambda det=det: compute.heatmap_image(
+                    compute.query_map(view.key, analysis, det.query, last, "mean"), thumb_geometry
+                ),
+            )
             col.image(heat, caption=title, width="stretch")
-            scaled = compute.scale_detection(det, thumb.width / geometry.orig_w)
-            boxed = draw_boxes(thumb, [scaled])
+            boxed = _boxed(view, thumb, det)
             col.image(boxed, caption=f"{det.class_name}: {det.score:.2f}", width="stretch")
             tiles += [(heat, title), (boxed, f"{det.class_name}: {det.score:.2f}")]
     if len(detections) > PANELS:
@@ -120,14 +126,8 @@ def _explore_body() -> None:
             "Detection", list(by_query), key="p_dec_pick", on_change=_on_pick_list,
             format_func=lambda q: f"query {q}: {by_query[q].class_name} ({by_query[q].score:.2f})",
         )  # fmt: skip
-        fig = figures.detections_figure(
-            view.display_image(),
-            geometry,
-            detections,
-            clickable=True,
-            highlight=query,
-            height=figures.fitted_height(geometry.orig_w, geometry.orig_h, viewport.column_width(main, 0.5)),
-        )
+        height = figures.fitted_height(geometry.orig_w, geometry.orig_h, viewport.column_width(main, 0.5))
+        fig = figures.mark_detection(_pick_figure(view, detections, height), by_query[query])
         touch.hover_on_tap()
         st.plotly_chart(
             fig,
@@ -159,13 +159,19 @@ def _explore_body() -> None:
                 amap = caches.relevance_map(view.key, query, view.image)
             title = f"relevance of query {query} ({det.class_name})"
         else:
-            amap = compute.decoder_map_tensor(analysis, query, layer, head)
+            amap = compute.query_map(view.key, analysis, query, layer, head)
             title = f"cross-attention of query {query} ({det.class_name}), layer {layer}, head {head}"
         st.markdown(f"**Selected detection: query {query} · {det.class_name} · score {det.score:.3f}**")
         small = view.display_image(520)
         small_geometry = view.display_geometry(small)
-        scaled = compute.scale_detection(det, small.width / geometry.orig_w)
-        big = draw_boxes(compute.overlay_image(small, amap, small_geometry), [scaled])
+        what = ("relevance",) if relevance else ("cross-attention", layer, head)
+        big = compute.picture(
+            ("decoder overlay", view.key, query, *what, small.size),
+            lambda: draw_boxes(
+                compute.overlay_image(small, amap, small_geometry),
+                [compute.scale_detection(det, small.width / geometry.orig_w)],
+            ),
+        )
         st.image(big, caption=title, width="stretch")
         what = "relevance" if relevance else f"cross-attention_layer-{layer}_head-{head}"
         name = f"{stem}_query{query}_{what}"
@@ -186,6 +192,27 @@ def _explore_body() -> None:
         m3.metric("entropy", f"{box_stats.entropy:.3f}", help="Normalized: 1 = spread evenly, 0 = one cell.")
         x0, y0, x1, y1 = det.box
         st.caption(f"{box_stats.ratio:.1f}x chance · box ({x0:.0f}, {y0:.0f}) - ({x1:.0f}, {y1:.0f})")
+
+
+def _boxed(view, thumb, det):
+    """The photo at `thumb`'s size with `det`'s box (kept: the panels show it in every full run)."""
+    return compute.picture(
+        ("decoder boxed", view.key, det.query, thumb.size),
+        lambda: draw_boxes(thumb, [compute.scale_detection(det, thumb.width / view.geometry.orig_w)]),
+    )
+
+
+def _pick_figure(view, detections, height: int):
+    """The photo with the detections' boxes and their clickable centres, built once per session, view and
+    threshold and marked again in each run (`figures.mark_detection`): building the Plotly figure took
+    most of a pick (170 ms for five boxes over a 900 px photo)."""
+    photo = view.display_image()
+    tag = (view.key, view.image_hash, tuple(d.query for d in detections), photo.size, height)
+    kept = st.session_state.get(FIGURE_KEY)
+    if kept is None or kept[0] != tag:
+        fig = figures.detections_figure(photo, view.geometry, detections, clickable=True, height=height)
+        kept = st.session_state[FIGURE_KEY] = (tag, fig)
+    return kept[1]
 
 
 ALL_KEY = "dec_all_relevance_for"  # the view key whose "all detections" relevance was asked for
@@ -227,8 +254,13 @@ def _all_relevance(view, detections, thumb, thumb_geometry, stem: str) -> None:
             for col, det, amap in zip(
                 cols, detections[start : start + PER_ROW], maps[start : start + PER_ROW], strict=False
             ):
-                scaled = compute.scale_detection(det, thumb.width / view.geometry.orig_w)
-                pic = draw_boxes(compute.overlay_image(thumb, amap, thumb_geometry), [scaled])
+                pic = compute.picture(
+                    ("relevance overlay", view.key, det.query, thumb.size),
+                    lambda det=det, amap=amap: draw_boxes(
+                        compute.overlay_image(thumb, amap, thumb_geometry),
+                        [compute.scale_detection(det, thumb.width / view.geometry.orig_w)],
+                    ),
+                )
                 caption = f"relevance · query {det.query} · {det.class_name}"
                 col.image(pic, caption=caption, width="stretch")
                 tiles.append((pic, caption))

@@ -757,6 +757,55 @@ def test_cached_cell_maps_and_pictures_are_the_core_s_and_keep_analyses_apart(sh
     )
 
 
+def test_cached_query_maps_are_the_core_s_and_keep_analyses_apart(shapes_model, scene):
+    """The decoder page's per-query cache (ui/compute.query_map) gives exactly detr_core's decoder_map for
+    every query, layer and head, and two analyses never share an entry."""
+    import torch
+
+    from detr_core.analysis import attention
+    from detr_core.analysis.pipeline import analyze
+    from ui import compute
+
+    first = analyze(shapes_model, caches.scene_png(scene), "detr_shapes")
+    other = analyze(shapes_model, caches.scene_png(scene + 1), "detr_shapes")
+    for key, analysis in (("first", first), ("other", other)):
+        for query in (0, analysis.num_queries - 1):
+            for layer, head in (("1", "mean"), ("1", "2"), ("mean", "2"), (str(analysis.dec_layers), "mean")):
+                expected = attention.decoder_map(
+                    analysis, query, layer=compute.layer_arg(layer), head=compute.head_arg(head)
+                )
+                for _ in range(2):  # the second call is served from the cache
+                    torch.testing.assert_close(
+                        compute.query_map(key, analysis, query, layer, head), expected, rtol=0, atol=0
+                    )
+    assert not torch.equal(
+        compute.query_map("first", first, 0, "1", "mean"), compute.query_map("other", other, 0, "1", "mean")
+    )
+
+
+def test_a_kept_detections_figure_marks_only_the_picked_detection(shapes_model, scene):
+    """The decoder keeps one detections figure and marks the picked detection in each run
+    (figures.mark_detection): the figure is the freshly built one plus one outline, twice as thick as the
+    boxes, in the picked query's colour, around its box; marking another replaces it."""
+    from detr_core.analysis.pipeline import analyze
+    from ui import figures
+
+    analysis = analyze(shapes_model, caches.scene_png(scene), "detr_shapes")
+    dets = analysis.detections(0.0)[:3]
+    g = analysis.geometry
+    photo = Image.new("RGB", (g.orig_w, g.orig_h), (10, 20, 30))
+    fresh = figures.detections_figure(photo, g, dets, clickable=True, height=300).to_plotly_json()
+    kept = figures.detections_figure(photo, g, dets, clickable=True, height=300)
+    for det in (dets[1], dets[0], dets[2]):
+        marked = figures.mark_detection(kept, det).to_plotly_json()
+        (shape,) = marked["layout"].pop("shapes")
+        assert marked == fresh
+        assert (shape["x0"], shape["y0"], shape["x1"], shape["y1"]) == pytest.approx(det.box)
+        assert shape["line"] == {"color": figures.rgb(det.query), "width": 2 * figures.BOX_WIDTH}
+        assert {t["line"]["width"] for t in marked["data"] if t["mode"] == "lines"} == {figures.BOX_WIDTH}
+    assert figures.mark_detection(kept, None).layout.shapes == ()
+
+
 @pytest.mark.parametrize(
     ("orig_w", "orig_h", "in_w", "in_h"),
     [(1066, 800, 1066, 800), (640, 480, 1066, 800), (4000, 600, 1333, 200), (256, 256, 128, 128)],

@@ -10,11 +10,12 @@ import csv
 import inspect
 import io
 import json
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 
 import numpy as np
 import streamlit as st
+import torch
 from PIL import Image
 
 from detr_core.analysis import attention, stats
@@ -104,7 +105,7 @@ def encoder_picture(
     if result.key is None:
         return compute()
     what = "heat" if photo is None else "overlay"
-    return MAP_PICTURES.get_or_compute((what, result.key, geometry.orig_w, geometry.orig_h), compute)
+    return picture((what, result.key, geometry.orig_w, geometry.orig_h), compute)
 
 
 @dataclass(frozen=True)
@@ -175,12 +176,28 @@ def clamp_point(geometry: Geometry, x: float, y: float) -> tuple[float, float]:
 # Decoder
 
 
-def decoder_result(analysis: Analysis, query: int, layer: str, head: str) -> np.ndarray:
-    return attention.decoder_map(analysis, query, layer=layer_arg(layer), head=head_arg(head)).numpy()
+# A pick, a layer or a head shows one query's map; the page's panels show the last layer's of each
+# detection. Kept process-wide like the encoder's cell maps: an R50 map is 25 x 34 floats (3.4 kB).
+QUERY_MAPS: BoundedLRU[torch.Tensor] = BoundedLRU(
+    "decoder query map", 4096, 32 * MB, lambda m: m.numel() * m.element_size()
+)
 
 
-def decoder_map_tensor(analysis: Analysis, query: int, layer: str = "mean", head: str = "mean"):
-    return attention.decoder_map(analysis, query, layer=layer_arg(layer), head=head_arg(head))
+def query_map(analysis_key: Hashable, analysis: Analysis, query: int, layer: str, head: str) -> torch.Tensor:
+    """detr_core's `decoder_map` of `query` at the UI's `layer` and `head` labels, cached per (analysis,
+    query, layer, head) (`analysis_key` names the analysis); shared, never written: [h, w]."""
+
+    def compute() -> torch.Tensor:
+        return attention.decoder_map(analysis, query, layer=layer_arg(layer), head=head_arg(head))
+
+    return QUERY_MAPS.get_or_compute((analysis_key, query, layer, head), compute)
+
+
+def picture(key: Hashable, make: Callable[[], Image.Image]) -> Image.Image:
+    """A picture the pages show again and again (a map's colours, a photo with a box), made once per
+    `key` (which must name everything it depends on, including its size) and kept in MAP_PICTURES;
+    shared: draw on a copy."""
+    return MAP_PICTURES.get_or_compute(key, make)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

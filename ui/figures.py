@@ -26,6 +26,7 @@ from detr_core.io.render import color_of
 from .text import plotly_text
 
 PHOTO_HEIGHT = 520
+BOX_WIDTH = 2  # px, a detection's box in a figure (the picked one's outline: twice that)
 MIN_HEIGHT, MAX_HEIGHT = 40, 760  # px: a tall photo does not fill three screens
 
 
@@ -145,12 +146,12 @@ def _hover_text(det: Detection) -> str:
 
 def detections_figure(
     image: Image.Image, geometry: Geometry, detections: list[Detection], clickable: bool = False,
-    highlight: int | None = None, height: int = PHOTO_HEIGHT,
+    height: int = PHOTO_HEIGHT,
 ) -> go.Figure:  # fmt: skip
     """The photo with each detection's box in its query's colour (as `render.draw_boxes`) and a label.
 
     Hovering anywhere inside a box shows class, score, query and box. With `clickable`, a marker at each box's
-    centre carries the query (customdata) so a click picks the detection.
+    centre carries the query (customdata) so a click picks the detection (`mark_detection` outlines it).
     """
     fig = photo_figure(image, geometry.orig_w, geometry.orig_h, height)
     traces, labels = [], []
@@ -158,7 +159,6 @@ def detections_figure(
     for det in sorted(detections, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1])):
         i = det.query  # the colour index: one colour per detection (its query), whatever is filtered out
         xs, ys = _box_path(det.box)
-        width = 4 if highlight == det.query else 2
         x0, y0 = det.box[:2]
         # Hover anywhere inside the box: Plotly's fill hover shows the trace's scalar `text` (never its
         # hovertemplate). With `clickable`, the centre markers below carry the hover text and the clicks.
@@ -168,7 +168,7 @@ def detections_figure(
         )
         traces.append(go.Scatter(
             x=xs, y=ys, mode="lines", fill="toself", fillcolor=rgb(i, 0.06 if clickable else 0.02),
-            line=dict(color=rgb(i), width=width), name=f"{name} (query {det.query})", **box_hover,
+            line=dict(color=rgb(i), width=BOX_WIDTH), name=f"{name} (query {det.query})", **box_hover,
         ))  # fmt: skip
         labels.append(dict(
             x=x0, y=y0, text=f"{name}: {det.score:.2f}", showarrow=False, xanchor="left",
@@ -188,6 +188,18 @@ def detections_figure(
             hovertemplate="%{text}<extra></extra>",
         ))  # fmt: skip
         fig.update_layout(clickmode="event+select")
+    return fig
+
+
+def mark_detection(fig: go.Figure, det: Detection | None) -> go.Figure:
+    """Outline `det` (the picked detection) of a `detections_figure` twice as thick, replacing the one it
+    outlined before: like `mark_cells`, so that a page keeps one figure and marks it in each run. Returns `fig`."""
+    shapes = []
+    if det is not None:
+        x0, y0, x1, y1 = det.box
+        line = dict(color=rgb(det.query), width=2 * BOX_WIDTH)
+        shapes.append(dict(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, line=line, layer="above"))
+    fig.layout.shapes = shapes
     return fig
 
 
