@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from detr_core import ImageError, load_image, preprocess
-from detr_core.io.image import IMAGENET_MEAN, IMAGENET_STD, Geometry, resized_size
+from detr_core.io.image import IMAGENET_MEAN, IMAGENET_STD, Geometry, resized_size, thumbnail
 
 SETTINGS = settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 
@@ -446,3 +446,33 @@ def test_a_valid_png_with_a_large_text_or_icc_chunk_decodes(kind):
 def test_a_tiff_in_an_unsupported_pixel_format_is_named(pixels, extra, fmt, message):
     with pytest.raises(ImageError, match=r"this TIFF's pixel format is not supported: " + message):
         load_image(_hostile().tiff(pixels, photometric=1, sample_format=fmt, extra_samples=extra))
+
+
+@pytest.mark.parametrize("size", [(6000, 4000), (4000, 6000), (1001, 999), (901, 30), (40, 2000), (900, 900), (3, 5)])
+@pytest.mark.parametrize("max_side", [900, 260])
+def test_thumbnail_is_pillows_thumbnail_of_a_copy(size, max_side):
+    """The display copies: exactly Pillow's `copy()` + `thumbnail()` (same size, same pixels), the
+    original left as it was."""
+    rng = np.random.default_rng(size[0] * 7 + size[1])
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    original = image.tobytes()
+    expected = image.copy()
+    expected.thumbnail((max_side, max_side), Image.LANCZOS)
+    got = thumbnail(image, max_side, Image.LANCZOS)
+    assert got is not image and got.size == expected.size and got.mode == expected.mode
+    assert got.tobytes() == expected.tobytes()
+    assert image.size == size and image.tobytes() == original
+
+
+def test_thumbnail_of_a_large_photo_does_not_copy_it_first():
+    """A 24-megapixel photo is 96 MB: six of Pillow's 16 MB blocks for a copy. The thumbnail
+    allocates only its reduction and its result (what the load test's burst left in malloc's heaps
+    was those copies)."""
+    image = Image.new("RGB", (6000, 4000), (10, 20, 30))
+    Image.core.reset_stats()
+    small = thumbnail(image, 900, Image.LANCZOS)
+    assert Image.core.get_stats()["allocated_blocks"] <= 3
+    assert small.size == (900, 600)
+    Image.core.reset_stats()
+    image.copy()
+    assert Image.core.get_stats()["allocated_blocks"] >= 6  # what the check would see with a copy

@@ -178,6 +178,47 @@ def test_a_waiter_for_a_failed_computation_computes_it_itself():
     assert cache.keys() == ["k"]
 
 
+class Blob:
+    """A value that can be referenced weakly (bytes cannot)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+
+def blob_sizeof(blob: Blob) -> int:
+    return len(blob.data)
+
+
+@pytest.mark.parametrize("size", [30, 101], ids=["evicted", "too big to keep"])
+def test_a_value_still_referenced_elsewhere_is_found_again_and_not_computed(size):
+    """while_referenced: a value the cache dropped (evicted, or bigger than its budget) is found
+    while a caller still holds it; once nobody does, it is computed again (the cache kept nothing)."""
+    import gc
+
+    cache, count = BoundedLRU("test", 100, 100, sizeof=blob_sizeof, while_referenced=True), Counter()
+    held = cache.get_or_compute("k", count("k", Blob(b"x" * size)))
+    for other in "abcd":  # 4 x 30 bytes: "k" is evicted (when it was kept at all)
+        cache.get_or_compute(other, count(other, Blob(b"o" * 30)))
+    assert "k" not in cache and cache.nbytes <= cache.max_bytes
+    assert cache.get_or_compute("k", count("k", Blob(b"?"))) is held  # found through the reference
+    assert count.calls["k"] == 1
+    assert cache.nbytes <= cache.max_bytes
+    del held
+    gc.collect()
+    for other in "efgh":  # "k" (kept again when it fit) is evicted again; nothing else holds it
+        cache.get_or_compute(other, count(other, Blob(b"o" * 30)))
+    assert cache.get_or_compute("k", count("k", Blob(b"new"))).data == b"new"
+    assert count.calls["k"] == 2
+
+
+def test_without_while_referenced_a_dropped_value_is_computed_again():
+    cache, count = BoundedLRU("test", 1, 100, sizeof=blob_sizeof), Counter()
+    held = cache.get_or_compute("k", count("k", Blob(b"x")))
+    cache.get_or_compute("a", count("a", Blob(b"a")))
+    assert cache.get_or_compute("k", count("k", Blob(b"y"))) is not held
+    assert count.calls["k"] == 2
+
+
 def test_clear_forgets_everything():
     cache = blob_cache()
     cache.get_or_compute("a", lambda: b"aa")
@@ -242,6 +283,89 @@ def test_the_dashboard_caches_are_bounded_by_bytes():
     # an R50-DC5 analysis at 800x1333 is about 80 MB and a decoded 24-megapixel photo 96 MB: 16 of
     # either would not fit, so the byte bounds, not the entry bounds, decide there
     assert state.ANALYSIS_CACHE_BYTES < 16 * 80e6 and state.IMAGE_CACHE_BYTES < 16 * 96e6
+    # what stays after every visitor left (issue #12's burst): no decoded 24-megapixel photo at all
+    assert state.IMAGE_CACHE_BYTES < 6000 * 4000 * 4
+
+
+def test_a_decoded_image_too_big_to_keep_is_decoded_once_while_held_and_unmapped_when_dropped(monkeypatch):
+    """A photo larger than IMAGE_CACHE_BYTES: IMAGES does not keep it, yet a session that holds it
+    (its view) gets the same object on every rerun without a second decode; once nobody holds it,
+    the decode worker's shared memory is unmapped (the memory is the system's again)."""
+    import gc
+    import io
+
+    from PIL import Image
+
+    from detr_core.io.image import budget_on
+    from ui import caches as state
+
+    if not budget_on():
+        pytest.skip("the decode budget is off ($DETR_DECODE_BUDGET=0): no shared memory to check")
+    side = 4200  # 4200 x 4200 x 4 bytes = 67 MB > 64 MB
+    assert side * side * 4 > state.IMAGE_CACHE_BYTES
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (40, 90, 200)).save(buf, "PNG")
+    data = buf.getvalue()
+    image_hash = hashlib.sha256(data).hexdigest()
+    decodes, load_image = [], state.load_image
+
+    def counted(source):
+        decodes.append(1)
+        return load_image(source)
+
+    monkeypatch.setattr(state, "load_image", counted)
+    gc.collect()
+    before = memory_maps()
+    held = state.decoded_image(image_hash, data)
+    assert held.size == (side, side) and image_hash not in state.IMAGES  # not kept by the cache
+    assert memory_maps() == before + 1
+    assert state.decoded_image(image_hash, data) is held and len(decodes) == 1  # a rerun: no decode
+    del held
+    gc.collect()
+    assert memory_maps() == before  # nothing keeps the 67 MB mapping
+    again = state.decoded_image(image_hash, data)
+    assert len(decodes) == 2 and again.getpixel((side - 1, side - 1)) == (40, 90, 200)
+
+
+def memory_maps() -> int:
+    """Mappings of the decode workers' results in this process (/proc/self/maps)."""
+    with open("/proc/self/maps") as f:
+        return sum("detr-decode" in line for line in f)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_release_freed_memory_gives_back_what_malloc_kept_after_large_frees():
+    """Pillow's 16 MB blocks freed in a script thread's arena stay resident (glibc keeps them once
+    its mmap threshold has risen past 16 MB); `release_freed_memory` returns them (the burst of the
+    load test: 346 MB)."""
+    import platform
+
+    from PIL import Image
+
+    from ui import caches as state
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc: nothing to trim")
+    held = []
+
+    def work():
+        Image.new("RGB", (2000, 2000))  # one 16 MB block, freed: the mmap threshold rises past it
+        images = [Image.new("RGB", (2000, 2000), (i, 0, 0)) for i in range(12)]
+        held.extend(images[1::2])  # every other one stays: the freed ones are holes malloc keeps
+        del images
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    kept = rss_anon_mb()
+    state.release_freed_memory()
+    assert rss_anon_mb() < kept - 60  # six 16 MB holes: about 96 MB back
+    assert len(held) == 6
+
+
+def rss_anon_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:")) / 1024
 
 
 @pytest.mark.parametrize(("mode", "per_pixel"), [("RGB", 4), ("RGBA", 4), ("L", 1), ("I;16", 2), ("F", 4)])

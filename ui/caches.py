@@ -9,8 +9,12 @@
   sidebar as "model runs (this session): N"); only a cache miss runs the model, once however many
   sessions ask for the same image at once. Switching pages, moving a slider, clicking a pixel or
   picking a query reads the cached analysis and never runs the model again; a new image or model does.
-- `decoded_image(...)`: the decoded RGB image per image bytes hash, in `IMAGES` (bounded the same way);
-  the analysis and relevance take this decoded image: user bytes are decoded once.
+- `decoded_image(...)`: the decoded RGB image per image bytes hash, in `IMAGES` (bounded the same way,
+  tighter, and found again while a session still holds it); the analysis and relevance take this
+  decoded image: a session's image is decoded once however often it reruns.
+- `release_freed_memory()`: after work that freed large buffers (a cache miss), malloc gives the
+  free memory back to the system (glibc's `malloc_trim`), so that a burst of large photos does not
+  leave the server hundreds of MB larger.
 - `relevance_map(...)`: Chefer et al. relevance (a forward + backward pass) per (model, image,
   query), on demand, counted in `relevance_runs()`.
 - `scene_png`, `sample_bytes`, `url_bytes`: the bytes of the image sources (synthetic scenes, the
@@ -23,6 +27,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import logging
 import threading
@@ -37,6 +43,7 @@ from detr_core import MODELS, DETRError, load_image, load_model
 from detr_core.analysis import agreement, budget, pipeline
 from detr_core.analysis.capture import Analysis
 from detr_core.io import decode_budget, fetch
+from detr_core.io.image import thumbnail
 from detr_core.models.fast import optimize_for_inference
 from detr_core.models.zoo import SHAPES_MODEL
 
@@ -55,14 +62,20 @@ SCENE_COUNT = 100  # scene numbers 0..99, drawn from the held-out seeds (never s
 # however many distinct images its users send. An R50-DC5 analysis at 800x1333 (50x84 = 4200 cells)
 # holds about 80 MB (encoder q and k, cross-attention k: 3 x 6 layers x 8 heads x 4200 x 32 floats),
 # a plain R50 one about 22 MB, detr_shapes' a few hundred kB: 512 MB keeps 6 DC5 analyses, all 16
-# R50 ones. A decoded 24-megapixel phone photo holds 96 MB (Pillow keeps RGB as 4 bytes a pixel):
-# 256 MB keeps 2 of those, 16 of up to 4 megapixels. Worst case, both full: 768 MB, plus what live
-# sessions still hold (each session's current view keeps its own analysis and image alive after an
-# eviction; the upload's bytes are Streamlit's, per session). (MB here is 2^20 bytes.)
+# R50 ones. A decoded 24-megapixel phone photo holds 96 MB (Pillow keeps RGB as 4 bytes a pixel),
+# a 12-megapixel one 48 MB, a scene or sample photo at most about 1 MB. The decoded images are kept
+# for 64 MB at most: all 16 small ones, one photo of up to 16 megapixels, never a 24-megapixel one
+# (256 MB kept two of those: +183 MB that stayed after every visitor had left, issue #12's burst).
+# What a session's current view holds (its image, and its analysis after an eviction) stays alive
+# anyway, and IMAGES finds it there (`while_referenced`): a session's reruns never decode its image
+# again, however big; once no session holds it, its memory goes (a mapping of the decode worker's
+# shared memory, unmapped). Everything the analysis needs is cached apart (ANALYSES, the display
+# copies): a decoded original is read again only for a new analysis, relevance or download. Worst
+# case, after every visitor left: 512 + 64 MB. (MB here is 2^20 bytes.)
 ANALYSIS_CACHE_ENTRIES = 16
 ANALYSIS_CACHE_BYTES = 512 * MB
 IMAGE_CACHE_ENTRIES = 16
-IMAGE_CACHE_BYTES = 256 * MB
+IMAGE_CACHE_BYTES = 64 * MB
 DISPLAY_MAX_SIDE = 900  # photos are shown (not analyzed) at most this large
 
 # Work whose cost grows with the square of the feature cells (relevance, rollout, every layer's
@@ -144,7 +157,36 @@ def image_nbytes(image: Image.Image) -> int:
 ANALYSES: BoundedLRU[Analysis] = BoundedLRU(
     "analysis", ANALYSIS_CACHE_ENTRIES, ANALYSIS_CACHE_BYTES, sizeof=lambda a: a.nbytes()
 )
-IMAGES: BoundedLRU[Image.Image] = BoundedLRU("decoded image", IMAGE_CACHE_ENTRIES, IMAGE_CACHE_BYTES, image_nbytes)
+IMAGES: BoundedLRU[Image.Image] = BoundedLRU(
+    "decoded image", IMAGE_CACHE_ENTRIES, IMAGE_CACHE_BYTES, image_nbytes, while_referenced=True
+)
+
+
+def _malloc_trim():
+    """glibc's `malloc_trim(size_t pad) -> int`, or None (another C library: nothing to call)."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Give the memory malloc keeps after large frees back to the system (glibc: `malloc_trim(0)`;
+    elsewhere nothing). Called after a cache miss, never per rerun (about 0.1 ms, a few ms when
+    there is much to return).
+
+    Why: Pillow allocates images in 16 MB blocks, below glibc's largest mmap threshold, so once
+    one has been freed glibc serves the next from its heaps (one arena per script thread), and
+    keeps what is freed there. In the load test's burst (six 24-megapixel photos from three
+    sessions at once) that was 346 MB of free memory the server still held after every visitor
+    had left, all of it returned by one `malloc_trim(0)`."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def clear_caches() -> None:
@@ -180,6 +222,7 @@ def cached_analysis(key: AnalysisKey, image: Image.Image) -> Analysis:
         result = pipeline.analyze(model, image, key.model_name, key.min_size, key.max_size, autocast_dtype=dtype)
         _count("model")
         ran.append(True)
+        release_freed_memory()  # the pass's activations and the resized input are gone
         return result
 
     result = ANALYSES.get_or_compute(key, compute)
@@ -199,6 +242,8 @@ def relevance_map(key: AnalysisKey, query: int, _image: Image.Image):
     with _relevance_lock:
         result = relevance(model, prepared, query)
     _count("relevance")
+    del prepared
+    release_freed_memory()  # the forward and backward passes' buffers are gone
     return result
 
 
@@ -250,14 +295,23 @@ def start_decode_workers() -> threading.Thread | None:
 
 def decoded_image(image_hash: str, image_bytes: bytes) -> Image.Image:
     """The RGB image (shared, read-only; cached in IMAGES); raises ImageError for bad bytes (not cached)."""
-    return IMAGES.get_or_compute(image_hash, lambda: load_image(image_bytes))
+
+    def decode() -> Image.Image:
+        try:
+            return load_image(image_bytes)
+        finally:
+            release_freed_memory()  # what the decode (or its refusal) freed in this process
+
+    return IMAGES.get_or_compute(image_hash, decode)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def display_copy(image_hash: str, max_side: int, _image: Image.Image) -> Image.Image:
-    img = _image.copy()
-    img.thumbnail((max_side, max_side), Image.LANCZOS)
-    return img
+    """`_image` at most `max_side` px a side (Pillow's thumbnail, LANCZOS), made without copying the
+    original first (detr_core.io.image.thumbnail)."""
+    small = thumbnail(_image, max_side, Image.LANCZOS)
+    release_freed_memory()  # the thumbnail's intermediate reduction
+    return small
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

@@ -15,12 +15,20 @@ once and keeps its result. Streamlit runs every session's script in its own thre
 
 Sizes are measured once, when a value is stored (`sizeof(value)`, bytes). Values are shared, never
 copied: callers must treat them as read-only.
+
+With `while_referenced=True` the cache also finds a value it no longer keeps (evicted, or too big
+to keep) as long as something else still references it: every computed value is remembered weakly
+(`weakref.WeakValueDictionary`), and such a find is a hit, not a new `compute`. The bounds then say
+how much the cache alone keeps alive; a value its callers still hold costs nothing more to find.
+The decoded images use it: a session's current view holds its own image, so its reruns never decode
+it again, while the memory of an image nobody holds any more goes back.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -46,13 +54,18 @@ class _InFlight:
 class BoundedLRU(Generic[V]):
     """LRU cache of at most `max_entries` values whose `sizeof` sum is at most `max_bytes`."""
 
-    def __init__(self, name: str, max_entries: int, max_bytes: int, sizeof: Callable[[V], int]):
+    def __init__(self, name: str, max_entries: int, max_bytes: int, sizeof: Callable[[V], int],
+                 while_referenced: bool = False):  # fmt: skip
         if max_entries < 1 or max_bytes < 1:
             raise ValueError("max_entries and max_bytes must be positive")
         self.name = name
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._sizeof = sizeof
+        # key -> value, for every computed value still referenced somewhere (None: not remembered)
+        self._referenced: weakref.WeakValueDictionary | None = None
+        if while_referenced:
+            self._referenced = weakref.WeakValueDictionary()
         self._lock = threading.Lock()  # guards everything below; never held while computing
         self._entries: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()  # key -> (value, bytes); LRU first
         self._nbytes = 0
@@ -82,10 +95,16 @@ class BoundedLRU(Generic[V]):
             return list(self._entries)
 
     def _hit(self, key: Hashable) -> tuple[bool, V | None]:
-        """(True, value) and mark it most recently used, or (False, None). Call with self._lock held."""
+        """(True, value) and mark it most recently used, or (False, None). Call with self._lock held.
+        A value no longer kept but still referenced elsewhere (`while_referenced`) is kept again."""
         entry = self._entries.get(key)
         if entry is None:
-            return False, None
+            value = self._referenced.get(key) if self._referenced is not None else None
+            if value is None:
+                return False, None
+            self._store(key, value, int(self._sizeof(value)), quiet=True)
+            self.hits += 1
+            return True, value
         self._entries.move_to_end(key)
         self.hits += 1
         return True, entry[0]
@@ -124,15 +143,20 @@ class BoundedLRU(Generic[V]):
                 if flight.users == 0 and self._in_flight.get(key) is flight:
                     del self._in_flight[key]  # the last one out drops the in-flight record (and its value)
 
-    def _store(self, key: Hashable, value: V, size: int) -> None:
+    def _store(self, key: Hashable, value: V, size: int, quiet: bool = False) -> None:
         """Keep `value` as the most recent entry and evict LRU entries until both bounds hold (lock held)."""
+        if self._referenced is not None:
+            self._referenced[key] = value
         if size > self.max_bytes:
-            log.warning(
-                "%s cache: an entry of %.1f MB is larger than the whole cache (%.1f MB): returned, not kept",
-                self.name,
-                size / MB,
-                self.max_bytes / MB,
-            )
+            if not quiet:
+                log.log(
+                    logging.INFO if self._referenced is not None else logging.WARNING,
+                    "%s cache: an entry of %.1f MB is larger than the whole cache (%.1f MB): returned, not kept%s",
+                    self.name,
+                    size / MB,
+                    self.max_bytes / MB,
+                    " (found again while something references it)" if self._referenced is not None else "",
+                )
             return
         old = self._entries.pop(key, None)
         if old is not None:
@@ -148,3 +172,5 @@ class BoundedLRU(Generic[V]):
         with self._lock:
             self._entries.clear()
             self._nbytes = 0
+            if self._referenced is not None:
+                self._referenced.clear()
