@@ -15,6 +15,15 @@ again) once the server has had no run for IDLE_S seconds after some activity, an
 PERIOD_S seconds of quiet: what a frozen session held comes back within minutes, at a moment nobody
 is waiting for a page.
 
+Closed sessions: Streamlit keeps a closed session (its state: the photo, the analysis) for
+server.disconnectedSessionTTL seconds in case its tab reconnects, in a TTL cache that drops expired
+entries only when it is next written, i.e. when another session closes. The last visitor to leave
+would keep their session, and everything it holds, until the next one leaves (issue #12: three
+closed sessions held 275 MB of decoded photos after every visitor had gone). The same thread reaps
+expired closed sessions every CHECK_S seconds (`reap_closed_sessions`, on the server's event loop):
+shuts each down (its uploaded files) and clears its state, then does a whole collection at once (a
+session's objects are in cycles).
+
 Only in a real server (a Streamlit runtime exists): tests that run app.py in their own process
 (streamlit.testing's AppTest) keep their interpreter's usual collector.
 """
@@ -82,8 +91,72 @@ class Collector:
     def watch(self) -> None:  # the background thread's loop
         while True:
             time.sleep(CHECK_S)
-            if self.due():
+            reaped = reap_closed_sessions()
+            if reaped:
+                log.info("forgot %d closed session(s) whose time to reconnect had passed", reaped)
+            if reaped or self.due():
                 self.full_collection()
+
+
+def reap_closed_sessions(timeout_s: float = 5.0) -> int:
+    """Drop the closed sessions whose time to reconnect has passed from Streamlit's session storage (which
+    would drop them only at its next write), shut each down and clear its state; returns how many. Runs
+    on the server's event loop (Streamlit's runtime is not thread-safe) and waits for it.
+
+    There is no public call for this: it reads the runtime's private attributes (Streamlit 1.4x-1.6x:
+    `Runtime._session_mgr._session_storage._cache`, a TTLCache, and `Runtime._get_async_objs().eventloop`).
+    Where they are not found (another Streamlit), it logs that once and reaps nothing: sessions are then
+    forgotten when the next one closes, as before. tests/test_browser_deploy.py checks they are found
+    (the last visitor's photo leaves the server's memory)."""
+    found = session_store()
+    if found is None:
+        return 0
+    expire, loop = found
+    done = threading.Event()
+    reaped: list[int] = [0]
+
+    def on_loop() -> None:
+        try:
+            for _, info in expire():
+                # What a session closed for good gets: its uploads and media files go (the storage's own
+                # expiry skips this), and its state goes too, since Streamlit's flush loop keeps a reference
+                # to the last session it served (a loop variable) until the next visitor arrives.
+                info.session.shutdown()
+                info.session.session_state.clear()
+                reaped[0] += 1
+        finally:
+            done.set()
+
+    try:
+        loop.call_soon_threadsafe(on_loop)
+    except RuntimeError:  # the loop is closed: the server is stopping
+        return 0
+    done.wait(timeout_s)
+    return reaped[0]
+
+
+_warned: list[bool] = []
+
+
+def session_store():
+    """(the closed sessions' TTL cache's `expire`, the server's event loop), or None (no runtime, or a
+    Streamlit whose internals differ; see `reap_closed_sessions`)."""
+    from streamlit import runtime
+
+    if not runtime.exists():
+        return None
+    instance = runtime.get_instance()
+    try:
+        expire = instance._session_mgr._session_storage._cache.expire
+        loop = instance._get_async_objs().eventloop
+    except RuntimeError:  # the runtime has not started its event loop yet
+        return None
+    except AttributeError:
+        if not _warned:
+            _warned.append(True)
+            log.warning("Streamlit's session storage not found: a closed session is forgotten when the next closes")
+        return None
+    return expire, loop
 
 
 COLLECTOR = Collector()
