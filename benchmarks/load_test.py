@@ -28,10 +28,10 @@ an empty torch hub cache so it opens on the bundled detr_shapes model, and waits
    memory is read before the burst, when every upload has been answered (sessions still open), and
    after the sessions close: polled until it is within --burst-bound-mb (300 MB) of its value before
    the burst, for at most --settle-seconds (150 s: Streamlit keeps a closed session, and what it
-   holds, for server.disconnectedSessionTTL, 120 s by default, and forgets it only when its session
-   store is next used: if the memory is still above the bound then, one more visitor opens the page
-   and it is read again). What stays is the process-wide caches of ui/caches.py (decoded images at
-   most 256 MB).
+   holds, for server.disconnectedSessionTTL, 120 s by default; ui/collector.py reaps it within 5 s
+   after that. Should the memory still be above the bound then, one more visitor opens the page and
+   it is read again, and the report says so). What stays is the process-wide caches of ui/caches.py
+   (decoded images at most 64 MB).
 
 Prints p50/p95 latency per action (seconds, wall clock seen by the browser) and the server's peak
 memory (RSS of its process tree, sampled every 0.2 s, and the kernel's VmHWM). Exits 1 if any

@@ -279,9 +279,10 @@ def test_the_last_visitor_s_closed_session_and_its_photo_are_freed_once_its_time
     seconds (2 here) and its store drops an expired one only when another session closes, and even then
     its flush loop and the last run's `__main__` module still referenced the last visitor's session and
     view until the next visitor came. ui/collector.py's idle thread reaps expired sessions (shut down,
-    state cleared) and app.py keeps its run in a function: the one session's photo (4200 x 4200: 67 MB decoded, more than the decoded-image cache
-    keeps, so only the session holds it) leaves the server's memory (its decode worker mapping,
-    /proc/PID/maps) within 30 s of the tab closing, with no other visitor."""
+    state cleared) and app.py keeps its run in a function: the one session's photo (4200 x 4200: 67 MB
+    decoded, more than the decoded-image cache keeps, so only the session holds it) leaves the server's
+    memory (its decode worker mapping, /proc/PID/maps) within 30 s of the tab closing, with no other
+    visitor."""
     import io
 
     from PIL import Image

@@ -9,16 +9,16 @@ message naming the file, never an exception, and a good scene after them works.
 Then one session uploads 25 distinct 3072 px scenes (JPEG, about 3 MB each) in a row: the server's
 resident memory after the last may exceed its value after the first 10 by at most 100 MB.
 
-Why 3072 px and 100 MB: Pillow holds a decoded 3072 px RGB image in 36 MiB (4 bytes a pixel), so
-the decoded-image cache of ui/caches.py (at most 16 entries and 256 MiB) keeps 7 of them: it is full
-after the first 10 uploads. What may still grow is the 900 px display copies (`_display_copy`, 16
-entries of 3 MiB: from 10 to 16, about 20 MB) and the analyses (a few hundred kB each at
-detr_shapes' 128 px input). Measured on the 2-core development machine: +9 and +10 MB (two runs).
-The same test with the image cache bounded by entries only (the cache before the byte bounds) keeps
-6 more 36 MiB images after the warm-up and evicts the hostile session's 24-megapixel photo (96 MB)
-on the way: measured +134 MB, a failure; a cache that kept every upload would grow by 36 MiB an
-upload. With 1024 px scenes (4 MiB decoded) neither regression would exceed the noise within 25
-uploads.
+Why 3072 px and 100 MB: Pillow holds a decoded 3072 px RGB image in 36 MiB (4 bytes a pixel), so the
+decoded-image cache of ui/caches.py (at most 16 entries and 64 MiB; 256 MiB when these numbers were
+measured, then 7 of them) keeps one of them: it is full after the first 10 uploads. What may still grow
+is the 900 px display copies (`_display_copy`, 16 entries of 3 MiB: from 10 to 16, about 20 MB) and the
+analyses (a few hundred kB each at detr_shapes' 128 px input). Measured on the 2-core development
+machine: +9 and +10 MB (two runs). The same test with the image cache bounded by entries only (the cache
+before the byte bounds) keeps 6 more 36 MiB images after the warm-up and evicts the hostile session's
+24-megapixel photo (96 MB) on the way: measured +134 MB, a failure; a cache that kept every upload would
+grow by 36 MiB an upload. With 1024 px scenes (4 MiB decoded) neither regression would exceed the noise
+within 25 uploads.
 
 The server runs with MALLOC_MMAP_THRESHOLD_=1 MiB: glibc then hands every freed buffer of 1 MiB or
 more (image blocks, tensors) straight back to the kernel, so the resident memory measures what the
