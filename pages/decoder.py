@@ -8,7 +8,7 @@ from detr_core.io.render import draw_boxes
 from ui import caches, compute, downloads, figures, frame, sidebar, state, touch, view, viewport
 
 PLOT_KEY = "plot_decoder"
-FIGURE_KEY = "_dec_figure"  # (what it shows, the kept detections figure)
+FIGURE_KEY = "_dec_figure"  # this session's detections figure (state.kept)
 PANELS = 12  # detections shown as panels at most (all are in the picker)
 PER_ROW = 6
 MODES = ("raw attention", "relevance (Chefer et al.)")
@@ -127,7 +127,7 @@ def _explore_body() -> None:
             format_func=lambda q: f"query {q}: {by_query[q].class_name} ({by_query[q].score:.2f})",
         )  # fmt: skip
         height = figures.fitted_height(geometry.orig_w, geometry.orig_h, viewport.column_width(main, 0.5))
-        fig = figures.mark_detection(_pick_figure(view, detections, height), by_query[query])
+        fig = _pick_figure(view, detections, height)  # the same in every run: a changed one is rebuilt anew
         touch.hover_on_tap()
         st.plotly_chart(
             fig,
@@ -137,7 +137,7 @@ def _explore_body() -> None:
             theme=None,
             config={"displayModeBar": False},
         )
-        st.caption("Click a box's centre marker, or pick from the list.")
+        st.caption("Click a box's centre marker, or pick from the list: the view beside shows the picked detection.")
     det = by_query[query]
     with right:
         c1, c2, c3 = st.columns([1.3, 1, 1])
@@ -203,16 +203,17 @@ def _boxed(view, thumb, det):
 
 
 def _pick_figure(view, detections, height: int):
-    """The photo with the detections' boxes and their clickable centres, built once per session, view and
-    threshold and marked again in each run (`figures.mark_detection`): building the Plotly figure took
-    most of a pick (170 ms for five boxes over a 900 px photo)."""
+    """The photo with the detections' boxes and their clickable centres, kept per session while view,
+    detections and size are the same (`state.kept`; building it took 170 ms for five boxes over a 900 px
+    photo) and the same whatever is picked: Streamlit takes a changed figure for a new chart, which the
+    browser builds from scratch (outlining the picked box cost 600-700 ms of every R50 pick). The view
+    beside it shows the picked detection."""
     photo = view.display_image()
-    tag = (view.key, view.image_hash, tuple(d.query for d in detections), photo.size, height)
-    kept = st.session_state.get(FIGURE_KEY)
-    if kept is None or kept[0] != tag:
-        fig = figures.detections_figure(photo, view.geometry, detections, clickable=True, height=height)
-        kept = st.session_state[FIGURE_KEY] = (tag, fig)
-    return kept[1]
+    tag = (view.key, tuple(d.query for d in detections), photo.size, height)
+    return state.kept(
+        FIGURE_KEY, tag,
+        lambda: figures.detections_figure(photo, view.geometry, detections, clickable=True, height=height),
+    )  # fmt: skip
 
 
 ALL_KEY = "dec_all_relevance_for"  # the view key whose "all detections" relevance was asked for

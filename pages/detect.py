@@ -6,6 +6,8 @@ from ui import compute, figures, frame, state, viewport
 from ui import view as url_view
 from ui.text import plain
 
+FIGURE_KEY = "_detect_figure"  # this session's detections figure (state.kept)
+
 
 def _class_names(text: str) -> list[str]:
     names = [n for n in text.split(",") if n][:200]
@@ -60,7 +62,10 @@ def render() -> None:
 
     image = view.display_image()
     height = figures.fitted_height(view.geometry.orig_w, view.geometry.orig_h, viewport.main_width())
-    fig = figures.detections_figure(image, view.geometry, shown, height=height)
+    fig = state.kept(  # the same figure while the same boxes are shown: the browser keeps its chart
+        FIGURE_KEY, (view.key, tuple(d.query for d in shown), image.size, height),
+        lambda: figures.detections_figure(image, view.geometry, shown, height=height),
+    )  # fmt: skip
     st.plotly_chart(fig, key="plot_detect", theme=None, config={"displayModeBar": False})
 
     if not detections:

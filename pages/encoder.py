@@ -11,7 +11,8 @@ DIRECTIONS = {"looks": "where this location looks", "looked_at": "what looks at 
 COLOUR_NAMES = ("blue", "orange", "yellow", "purple")
 GRID = "all heads (grid)"
 FOUR_KEY = "p_enc_four_direction"  # the four-point figure's own direction (default: the notebook's)
-FIGURE_KEY = "_enc_figure"  # this session's clickable photo: (what it shows, its Plotly figure)
+FIGURE_KEY = "_enc_figure"  # this session's clickable photo (state.kept)
+GENERATION_KEY = "_enc_figure_generation"  # raised by a reset: the clickable photo becomes a new chart
 
 
 def parse_points(text: str) -> list[tuple[float, float]]:
@@ -84,17 +85,20 @@ def _on_click() -> None:
 
 @frame.safe_callback
 def _reset_points() -> None:
-    st.session_state["enc_points"] = None
+    ss = st.session_state
+    ss["enc_points"] = None
+    ss[GENERATION_KEY] = ss.get(GENERATION_KEY, 0) + 1  # a new chart: the outline of the last click goes
 
 
-def _clickable_figure(view, photo, height: int):
-    """The photo with its clickable cells, built once per session and photo and marked again in each run
-    (`figures.mark_cells`): building a Plotly figure, which validates every property, took most of a click."""
-    tag = (view.image_hash, view.geometry, photo.size, height)
-    kept = st.session_state.get(FIGURE_KEY)
-    if kept is None or kept[0] != tag:
-        kept = st.session_state[FIGURE_KEY] = (tag, figures.cells_figure(photo, view.geometry, height))
-    return kept[1]
+def _clickable_figure(view, photo, height: int, color: str):
+    """The photo with its clickable cells, kept per session while photo, size and colour are the same
+    (`state.kept`), so every run re-sends the same figure: Streamlit takes a changed figure for a new
+    chart, which the browser builds from scratch (outlining the four points in the figure cost about
+    250 ms of every R50 click). The browser outlines the clicked cell itself (`figures.cell_grid_trace`);
+    all four points are outlined in the paper's figure below."""
+    generation = st.session_state.get(GENERATION_KEY, 0)
+    tag = (view.image_hash, view.geometry, photo.size, height, color, generation)
+    return state.kept(FIGURE_KEY, tag, lambda: figures.cells_figure(photo, view.geometry, height, color, generation))
 
 
 def _stem(view) -> str:
@@ -172,16 +176,18 @@ def _explore_body() -> None:
     left, right = st.columns([1.25, 1]) if not wide else (st.container(), st.container())
     with left:
         photo = view.display_image()
-        marked = [(result.row, result.col, str(i + 1)) for i, result in enumerate(results)]
         width = main if wide else viewport.column_width(main, 1.25 / 2.25)
         height = figures.fitted_height(geometry.orig_w, geometry.orig_h, width)
-        fig = figures.mark_cells(_clickable_figure(view, photo, height), geometry, marked)
+        fig = _clickable_figure(view, photo, height, figures.rgb(len(results) - 1))  # the newest point's colour
         touch.hover_on_tap()
         st.plotly_chart(
             fig, key=PLOT_KEY, on_select=_on_click, selection_mode="points", theme=None,
             config={"displayModeBar": False},
         )  # fmt: skip
-        st.caption("Click (or tap) anywhere on the photo to add that feature cell (the last four are kept).")
+        st.caption(
+            "Click (or tap) anywhere on the photo to add that feature cell: it is outlined at once, and the "
+            "last four are kept (outlined in their colours in the paper's figure below)."
+        )
         st.button("Reset to the notebook's reference points", on_click=_reset_points)
     with right:
         st.markdown(

@@ -8,6 +8,7 @@ empty folder and `urlopen` is replaced by one that fails as an offline machine d
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -218,7 +219,7 @@ def test_click_markers_map_every_point_to_the_cell_that_holds_it(orig, min_size,
     w, h = orig
     in_w, in_h = resized_size(w, h, min_size, 1333)
     g = Geometry(h, w, in_h, in_w, -(-in_h // stride), -(-in_w // stride), stride)
-    trace = cell_grid_trace(g)
+    trace = cell_grid_trace(g, 400, "white")
     xs, ys, cells = list(trace.x), list(trace.y), [tuple(c) for c in trace.customdata]
     assert set(cells) == {(r, c) for r in range(g.feat_h) for c in range(g.feat_w)}
     assert all(0 <= x <= w and 0 <= y <= h for x, y in zip(xs, ys, strict=True))
@@ -783,27 +784,52 @@ def test_cached_query_maps_are_the_core_s_and_keep_analyses_apart(shapes_model, 
     )
 
 
-def test_a_kept_detections_figure_marks_only_the_picked_detection(shapes_model, scene):
-    """The decoder keeps one detections figure and marks the picked detection in each run
-    (figures.mark_detection): the figure is the freshly built one plus one outline, twice as thick as the
-    boxes, in the picked query's colour, around its box; marking another replaces it."""
-    from detr_core.analysis.pipeline import analyze
-    from ui import figures
+def chart(at: AppTest):
+    """The page's one Plotly chart proto (its id is what the browser keys the chart by)."""
+    (element,) = at.get("plotly_chart")
+    return element.proto
 
-    analysis = analyze(shapes_model, caches.scene_png(scene), "detr_shapes")
-    dets = analysis.detections(0.0)[:3]
-    g = analysis.geometry
-    photo = Image.new("RGB", (g.orig_w, g.orig_h), (10, 20, 30))
-    fresh = figures.detections_figure(photo, g, dets, clickable=True, height=300).to_plotly_json()
-    kept = figures.detections_figure(photo, g, dets, clickable=True, height=300)
-    for det in (dets[1], dets[0], dets[2]):
-        marked = figures.mark_detection(kept, det).to_plotly_json()
-        (shape,) = marked["layout"].pop("shapes")
-        assert marked == fresh
-        assert (shape["x0"], shape["y0"], shape["x1"], shape["y1"]) == pytest.approx(det.box)
-        assert shape["line"] == {"color": figures.rgb(det.query), "width": 2 * figures.BOX_WIDTH}
-        assert {t["line"]["width"] for t in marked["data"] if t["mode"] == "lines"} == {figures.BOX_WIDTH}
-    assert figures.mark_detection(kept, None).layout.shapes == ()
+
+def test_a_pick_or_a_click_re_sends_the_same_chart(scene):
+    """Streamlit derives a chart's id from its whole spec, and the browser builds a chart with a new id from
+    scratch (250-700 ms of each click for an R50 photo, benchmarks/interaction.py). So picking another
+    detection, changing the decoder's layer, or adding encoder points leaves the clickable figure as it was
+    (same id, same spec); the encoder's reset makes it a new chart (the browser forgets the last click).
+    Detect's figure is kept while the same boxes are shown (`state.kept`)."""
+    at = switch(new_app(scene=str(scene), thr="0.00"), "decoder")
+    queries = at.selectbox(key="p_dec_pick").options
+    first = chart(at)
+    at.selectbox(key="p_dec_pick").set_value(queries[-1]).run()
+    at.selectbox(key="p_dec_layer").set_value("1").run()
+    no_problems(at)
+    assert f"Selected detection: query {queries[-1].split(':')[0].split()[-1]} " in " ".join(texts(at.markdown))
+    assert (chart(at).id, chart(at).spec) == (first.id, first.spec)
+
+    at = switch(at, "encoder")
+    before = chart(at)  # the notebook's four reference points
+    g = scene_geometry(scene)
+    corners = [(10, 10), (g.orig_w - 5, 10), (10, g.orig_h - 5), (g.orig_w - 5, g.orig_h - 5)]
+    for points in (corners, corners[::-1]):  # four new points, then another newest one
+        at.session_state["enc_points"] = points
+        at.run()
+        no_problems(at)
+        row, col = g.pixel_to_cell(*points[-1])
+        assert f"Selected cell: **({row}, {col})**" in " ".join(texts(at.markdown))
+        assert (chart(at).id, chart(at).spec) == (before.id, before.spec)
+    (grid,) = [t for t in json.loads(before.spec)["data"] if t.get("name") == "cells"]
+    assert grid["selected"]["marker"]["opacity"] == 1 and grid["unselected"]["marker"]["opacity"] == 0
+    reset = next(b for b in at.button if b.label.startswith("Reset to the notebook"))
+    reset.click().run()
+    no_problems(at)
+    assert chart(at).id != before.id
+
+    at = switch(at, "detect")  # Detect re-sends its kept figure while the same boxes are shown
+    shown = chart(at)
+    switch(switch(at, "guide"), "detect")
+    assert chart(at).id == shown.id
+    at.multiselect[0].unselect(at.multiselect[0].options[0]).run()
+    no_problems(at)
+    assert chart(at).id != shown.id, "a class hidden: other boxes, a new figure"
 
 
 @pytest.mark.parametrize(

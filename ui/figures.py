@@ -7,6 +7,12 @@ one or more per feature cell, each with customdata = (row, col), and the figure 
 nearest marker at any distance (`hoverdistance=-1`). The markers are placed so that the nearest
 marker to ANY point of the image belongs to the cell that contains the point (see `_axis_markers`),
 for every stride and image size.
+
+A figure a page shows stays byte-identical while the visitor clicks in it: Streamlit derives a chart's
+identity from its whole spec, so a changed figure (one more outline) is a new chart that the browser
+builds from scratch, which measured 250-700 ms of each click on the 2-core machine (an R50 photo). What
+was clicked is shown by Plotly's own selection in the browser (`cell_grid_trace`) and by the views
+beside the figure, not by editing the figure.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from detr_core.io.render import color_of
 from .text import plotly_text
 
 PHOTO_HEIGHT = 520
-BOX_WIDTH = 2  # px, a detection's box in a figure (the picked one's outline: twice that)
+BOX_WIDTH = 2  # px, a detection's box in a figure
 MIN_HEIGHT, MAX_HEIGHT = 40, 760  # px: a tall photo does not fill three screens
 
 
@@ -86,8 +92,10 @@ def _axis_markers(n_cells: int, stride: int, input_len: int) -> list[tuple[float
     return sorted(out)
 
 
-def cell_grid_trace(geometry: Geometry) -> go.Scatter:
-    """Transparent, clickable markers over the photo: customdata = (row, col) of a feature cell."""
+def cell_grid_trace(geometry: Geometry, height: int, color: str) -> go.Scatter:
+    """Transparent, clickable markers over the photo: customdata = (row, col) of a feature cell. The one
+    clicked (Plotly's selection, in the browser at once) shows as a square outline in `color`, about one
+    cell wide in a figure `height` px high."""
     g = geometry
     xs = [(p * g.orig_w / g.input_w, c) for p, c in _axis_markers(g.feat_w, g.stride, g.input_w)]
     ys = [(p * g.orig_h / g.input_h, r) for p, r in _axis_markers(g.feat_h, g.stride, g.input_h)]
@@ -97,37 +105,22 @@ def cell_grid_trace(geometry: Geometry) -> go.Scatter:
             x.append(px)
             y.append(py)
             custom.append((row, col))
-    invisible = dict(opacity=0)
+    cell_px = min(max(height * g.stride / g.input_h, 6), 60)  # a cell's side on screen (the figure fills its height)
     return go.Scatter(
         x=x, y=y, customdata=custom, mode="markers", name="cells",
-        marker=dict(size=8, color="rgba(0,0,0,0)", opacity=0),
-        selected=dict(marker=invisible), unselected=dict(marker=invisible),
+        marker=dict(size=cell_px, symbol="square-open", color=color, opacity=0, line=dict(width=3)),
+        selected=dict(marker=dict(opacity=1)), unselected=dict(marker=dict(opacity=0)),
         hovertemplate="feature cell (row %{customdata[0]}, col %{customdata[1]})<extra></extra>",
     )  # fmt: skip
 
 
-def cells_figure(image: Image.Image, geometry: Geometry, height: int = PHOTO_HEIGHT) -> go.Figure:
-    """The photo with a clickable feature-cell grid and no cell marked yet (`mark_cells`)."""
+def cells_figure(image: Image.Image, geometry: Geometry, height: int = PHOTO_HEIGHT, color: str = "white",
+                 generation: int = 0) -> go.Figure:  # fmt: skip
+    """The photo with a clickable feature-cell grid; the clicked cell is outlined in `color` by the browser.
+    A new `generation` makes a new chart (the browser forgets what was clicked: after a reset)."""
     fig = photo_figure(image, geometry.orig_w, geometry.orig_h, height)
-    fig.add_trace(cell_grid_trace(geometry))
-    fig.update_layout(hoverdistance=-1, clickmode="event+select")
-    return fig
-
-
-def mark_cells(fig: go.Figure, geometry: Geometry, marked: list[tuple[int, int, str]]) -> go.Figure:
-    """Outline the `marked` cells (row, col, label) of a `cells_figure`, replacing the cells it marked
-    before: a page keeps one figure per photo and marks it in each run (building a figure, Plotly
-    validates every property, is most of the time a run takes). Returns `fig`."""
-    shapes, labels = [], []
-    for i, (row, col, label) in enumerate(marked):
-        x0, y0, x1, y1 = geometry.cell_box(row, col)
-        color = rgb(i)
-        shapes.append(dict(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, line=dict(color=color, width=3), layer="above"))
-        labels.append(dict(
-            x=(x0 + x1) / 2, y=y0, text=label, showarrow=False, yanchor="bottom",
-            font=dict(color="white", size=13), bgcolor=color,
-        ))  # fmt: skip
-    fig.layout.shapes, fig.layout.annotations = shapes, labels  # replaced, each list validated once
+    fig.add_trace(cell_grid_trace(geometry, height, color))
+    fig.update_layout(hoverdistance=-1, clickmode="event+select", meta=dict(generation=generation))
     return fig
 
 
@@ -151,7 +144,7 @@ def detections_figure(
     """The photo with each detection's box in its query's colour (as `render.draw_boxes`) and a label.
 
     Hovering anywhere inside a box shows class, score, query and box. With `clickable`, a marker at each box's
-    centre carries the query (customdata) so a click picks the detection (`mark_detection` outlines it).
+    centre carries the query (customdata) so a click picks the detection.
     """
     fig = photo_figure(image, geometry.orig_w, geometry.orig_h, height)
     traces, labels = [], []
@@ -186,20 +179,11 @@ def detections_figure(
                         line=dict(width=2)),
             text=[_hover_text(d) + "<br><i>click to inspect</i>" for d in detections],
             hovertemplate="%{text}<extra></extra>",
+            # a click selects its marker, in the browser: shown no differently, since a pick from the list
+            # does not change the figure and the view beside it names the picked detection
+            selected=dict(marker=dict(opacity=1)), unselected=dict(marker=dict(opacity=1)),
         ))  # fmt: skip
         fig.update_layout(clickmode="event+select")
-    return fig
-
-
-def mark_detection(fig: go.Figure, det: Detection | None) -> go.Figure:
-    """Outline `det` (the picked detection) of a `detections_figure` twice as thick, replacing the one it
-    outlined before: like `mark_cells`, so that a page keeps one figure and marks it in each run. Returns `fig`."""
-    shapes = []
-    if det is not None:
-        x0, y0, x1, y1 = det.box
-        line = dict(color=rgb(det.query), width=2 * BOX_WIDTH)
-        shapes.append(dict(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, line=line, layer="above"))
-    fig.layout.shapes = shapes
     return fig
 
 
