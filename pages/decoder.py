@@ -140,8 +140,9 @@ def _explore_body() -> None:
         st.caption("Click a box's centre marker, or pick from the list: the view beside shows the picked detection.")
     det = by_query[query]
     with right:
+        c1, c2, c3 = st.columns([1.3, 1, 1])
         state.keep_valid("p_dec_mode", list(MODES), MODES[0])
-        mode = st.radio("Show", MODES, key="p_dec_mode", horizontal=True)
+        mode = c1.radio("Show", MODES, key="p_dec_mode")
         layers = compute.layer_options(analysis.dec_layers, ("mean",))
         state.keep_valid("p_dec_layer", layers, str(analysis.dec_layers))
         ss.setdefault("p_dec_layer", str(analysis.dec_layers))
@@ -149,13 +150,10 @@ def _explore_body() -> None:
         if refusal:
             st.info(refusal)
         relevance = mode == MODES[1] and refusal is None
-        # segmented controls: every option visible, one click (a list to open cost ~80 ms more a change)
-        layer = st.segmented_control("Decoder layer", layers, key="p_dec_layer", required=True, disabled=relevance)
-        layer = layer or str(analysis.dec_layers)
+        layer = c2.selectbox("Decoder layer", layers, key="p_dec_layer", disabled=relevance)
         heads = compute.head_options(analysis.nheads)
         state.keep_valid("p_dec_head", heads, "mean")
-        ss.setdefault("p_dec_head", "mean")
-        head = st.segmented_control("Head", heads, key="p_dec_head", required=True, disabled=relevance) or "mean"
+        head = c3.selectbox("Head", heads, key="p_dec_head", disabled=relevance)
         if relevance:
             with st.spinner(f"Computing relevance for query {query} (a forward and a backward pass)..."):
                 amap = caches.relevance_map(view.key, query, view.image)

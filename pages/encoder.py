@@ -129,8 +129,9 @@ def _explore_body() -> None:
     facts = compute.encoder_facts(analysis)
     main = viewport.main_width()
 
+    c1, c3 = st.columns([1.6, 1])
     state.keep_valid("p_enc_direction", list(DIRECTIONS), "looks")
-    direction = st.radio(
+    direction = c1.radio(
         "Direction", list(DIRECTIONS), format_func=DIRECTIONS.get, key="p_enc_direction", horizontal=True
     )
     layers = compute.layer_options(analysis.enc_layers, ("mean", "rollout"))
@@ -146,16 +147,13 @@ def _explore_body() -> None:
     layer = layer or str(analysis.enc_layers)
     heads = compute.head_options(analysis.nheads, grid=True)
     state.keep_valid("p_enc_head", heads, "mean")
-    ss.setdefault("p_enc_head", "mean")
-    head = st.segmented_control(  # every option visible, one click (a list to open cost ~80 ms more a change)
+    head = c3.selectbox(
         "Head",
         heads,
         key="p_enc_head",
-        required=True,
         disabled=layer == "rollout",
         help="One head, the mean over heads, or every head at once.",
     )
-    head = head or "mean"
     if layer == "rollout":
         head = "mean"
         refusal = caches.work_refusal("rollout", analysis, view.min_size, view.max_size)

@@ -189,9 +189,9 @@ def test_encoder_controls_cover_layers_rollout_and_every_head(scene):
     assert at.segmented_control(key="p_enc_layer").options == ["1", "2", "3", "mean", "rollout"]
     at.segmented_control(key="p_enc_layer").set_value("rollout").run()
     no_problems(at)
-    assert at.segmented_control(key="p_enc_head").disabled
+    assert at.selectbox(key="p_enc_head").disabled
     at.segmented_control(key="p_enc_layer").set_value("2").run()
-    at.segmented_control(key="p_enc_head").set_value("all heads (grid)").run()
+    at.selectbox(key="p_enc_head").set_value("all heads (grid)").run()
     no_problems(at)
     assert any(s.startswith("Every head of layer 2") for s in texts(at.subheader))
     heads = [c for img in at.image for c in img.captions if c.startswith("head ")]
@@ -259,7 +259,7 @@ def test_relevance_is_computed_on_demand_once_per_query(scene):
     model_runs, relevance_runs = caches.model_runs(), caches.relevance_runs()
     at.radio(key="p_dec_mode").set_value("relevance (Chefer et al.)").run()
     no_problems(at)
-    assert at.segmented_control(key="p_dec_layer").disabled
+    assert at.selectbox(key="p_dec_layer").disabled
     assert "inside its box" in {m.label for m in at.metric}
     assert any("relevance of query" in c for img in at.image for c in img.captions)
     done = caches.relevance_runs()
@@ -307,7 +307,7 @@ def test_relevance_too_big_for_the_server_is_refused_with_a_message(scene, monke
     at.radio(key="p_dec_mode").set_value("relevance (Chefer et al.)").run()
     no_problems(at)
     assert any("Not offered at this size: a relevance map at" in i.value and "cells" in i.value for i in at.info)
-    assert not at.segmented_control(key="p_dec_layer").disabled
+    assert not at.selectbox(key="p_dec_layer").disabled
     assert any("cross-attention of query" in c for img in at.image for c in img.captions)
     assert caches.relevance_runs() == relevance_runs
 
@@ -800,7 +800,7 @@ def test_a_pick_or_a_click_re_sends_the_same_chart(scene):
     queries = at.selectbox(key="p_dec_pick").options
     first = chart(at)
     at.selectbox(key="p_dec_pick").set_value(queries[-1]).run()
-    at.segmented_control(key="p_dec_layer").set_value("1").run()
+    at.selectbox(key="p_dec_layer").set_value("1").run()
     no_problems(at)
     assert f"Selected detection: query {queries[-1].split(':')[0].split()[-1]} " in " ".join(texts(at.markdown))
     assert (chart(at).id, chart(at).spec) == (first.id, first.spec)

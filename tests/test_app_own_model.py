@@ -79,7 +79,7 @@ def test_your_model_is_listed_its_classes_show_in_detect_and_its_queries_in_deco
     picks = at.selectbox(key="p_dec_pick").options  # threshold 0: every query is a detection
     assert sorted(int(p.split(":")[0].removeprefix("query ")) for p in picks) == list(range(20)), picks
     assert all(p.split(": ")[1].split(" (")[0] in CLASSES for p in picks), picks
-    assert len(at.segmented_control(key="p_dec_layer").options) == 2 + 1  # 2 decoder layers and their mean
+    assert len(at.selectbox(key="p_dec_layer").options) == 2 + 1  # 2 decoder layers and their mean
     assert not at.error, [e.value for e in at.error]
     for page in ("encoder", "model", "guide"):  # every other page works for this model too
         at.switch_page(f"pages/{page}.py").run()
