@@ -17,7 +17,9 @@ The server is warm (each interaction is done once before timing). Each interacti
 input event (Playwright's click, key press or option pick) to the moment the page shows what that
 input asked for: a caption naming the cell / query / layer / head / threshold, with every image of
 the main area loaded (polled every animation frame). Printed: p50 and p95 in ms per interaction,
-the target and whether it is met, and the CPU it ran on. What comes before the input event is not
+the target and whether it is met, the CPU it ran on, and how fast that CPU was before and after
+(`machine.python_loop_ms`: a shared host's CPU runs the same loop 2-3x slower on a bad spell, and
+every row then moves with it). What comes before the input event is not
 timed: opening a selectbox and typing to filter its list (nothing reaches the server until the
 option is clicked; until 3 December 2026 the timing began before the list was opened, which added
 that round trip of the browser's to every selectbox row). Targets (issue #15): encoder and decoder
@@ -43,7 +45,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "tests"))  # tests/_server.py
 
 from _server import CHROMIUM, StreamlitServer, launch_chromium  # noqa: E402
-from machine import cpu_description  # noqa: E402  (benchmarks/machine.py)
+from machine import cpu_description, python_loop_ms  # noqa: E402  (benchmarks/machine.py)
 
 VIEWPORT = {"width": 1440, "height": 900}
 WAIT_MS = 120_000
@@ -329,10 +331,10 @@ def run_model(browser, server, model: str, reps: int, workdir: Path, checkpoint:
     return results
 
 
-def table(all_results: dict[str, dict[str, list[float]]], reps: int) -> str:
+def table(all_results: dict[str, dict[str, list[float]]], reps: int, speed: str = "") -> str:
     lines = [
         f"Interaction latency, input event -> new map visible, p50 / p95 over {reps} repetitions (ms); "
-        f"CPU: {cpu_description()}, browser and server on the same cores",
+        f"CPU: {cpu_description()}, browser and server on the same cores{speed}",
         "",
         "| interaction | " + " | ".join(all_results) + " | target (p95) |",
         "|---|" + "---|" * len(all_results) + "---|",
@@ -364,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     all_results: dict[str, dict[str, list[float]]] = {}
+    before_ms = python_loop_ms()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         checkpoint = random_r50(workdir) if "detr_resnet50" in args.models else None
@@ -383,7 +386,9 @@ def main(argv: list[str] | None = None) -> int:
                 browser.close()
         finally:
             server.stop()
-    text = table(all_results, args.reps)
+    after_ms = python_loop_ms()
+    speed = f"; a fixed Python loop took {before_ms:.0f} ms before and {after_ms:.0f} ms after (machine.python_loop_ms)"
+    text = table(all_results, args.reps, speed)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
