@@ -212,7 +212,9 @@ def _pick_figure(view, detections, height: int):
     tag = (view.key, tuple(d.query for d in detections), photo.size, height)
     return state.kept(
         FIGURE_KEY, tag,
-        lambda: figures.detections_figure(photo, view.geometry, detections, clickable=True, height=height),
+        lambda: figures.finished(
+            figures.detections_figure(photo, view.geometry, detections, clickable=True, height=height)
+        ),
     )  # fmt: skip
 
 

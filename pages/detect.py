@@ -64,7 +64,7 @@ def render() -> None:
     height = figures.fitted_height(view.geometry.orig_w, view.geometry.orig_h, viewport.main_width())
     fig = state.kept(  # the same figure while the same boxes are shown: the browser keeps its chart
         FIGURE_KEY, (view.key, tuple(d.query for d in shown), image.size, height),
-        lambda: figures.detections_figure(image, view.geometry, shown, height=height),
+        lambda: figures.finished(figures.detections_figure(image, view.geometry, shown, height=height)),
     )  # fmt: skip
     st.plotly_chart(fig, key="plot_detect", theme=None, config={"displayModeBar": False})
 

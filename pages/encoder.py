@@ -98,7 +98,9 @@ def _clickable_figure(view, photo, height: int, color: str):
     all four points are outlined in the paper's figure below."""
     generation = st.session_state.get(GENERATION_KEY, 0)
     tag = (view.image_hash, view.geometry, photo.size, height, color, generation)
-    return state.kept(FIGURE_KEY, tag, lambda: figures.cells_figure(photo, view.geometry, height, color, generation))
+    return state.kept(
+        FIGURE_KEY, tag, lambda: figures.finished(figures.cells_figure(photo, view.geometry, height, color, generation))
+    )
 
 
 def _stem(view) -> str:

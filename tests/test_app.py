@@ -784,6 +784,27 @@ def test_cached_query_maps_are_the_core_s_and_keep_analyses_apart(shapes_model, 
     )
 
 
+def test_a_finished_figure_sends_what_the_figure_would_and_makes_its_dict_once(scene):
+    """figures.finished: Streamlit serialises a figure through `to_dict()` in every run (a deep copy and a
+    walk of every value); a finished figure makes that dict once and sends the same JSON as the figure."""
+    import plotly.io as pio
+    import plotly.tools as pt
+
+    from ui import figures
+
+    g = scene_geometry(scene)
+    photo = Image.new("RGB", (g.orig_w, g.orig_h), (10, 20, 30))
+
+    def sent(fig) -> str:  # what st.plotly_chart does with a figure
+        return pio.to_json(pt.return_figure_from_figure_or_data(fig, validate_figure=True), validate=False)
+
+    plain = sent(figures.cells_figure(photo, g, 300, "red"))
+    fin = figures.finished(figures.cells_figure(photo, g, 300, "red"))
+    assert isinstance(fin, figures.FinishedFigure)
+    assert sent(fin) == plain and sent(fin) == plain
+    assert fin.to_dict() is fin.to_dict()
+
+
 def chart(at: AppTest):
     """The page's one Plotly chart proto (its id is what the browser keys the chart by)."""
     (element,) = at.get("plotly_chart")
