@@ -87,3 +87,35 @@ def test_outside_a_server_after_imports_freezes_nothing(unfrozen, monkeypatch):
     collector.after_imports()  # no Streamlit runtime in this process (as under AppTest)
     assert not fresh.frozen and gc.get_freeze_count() == 0
     assert fresh.runs_since_full
+
+
+def test_each_run_start_freezes_what_survived_and_frees_what_did_not(unfrozen):
+    """note_run (every run's start, once frozen): garbage made since the last run is collected, what lives
+    is frozen, so the collection after the run (Streamlit's) walks only that run's objects."""
+    c = collector.Collector()
+    c.freeze()
+    frozen = gc.get_freeze_count()
+    alive = [[i] for i in range(5000)]  # made by a run and kept (a session's figure, a module imported late)
+    dead = weakref.ref(Node())  # a garbage cycle made since the last run (the last run's ScriptRunner)
+    c.note_run()
+    assert dead() is None, "collected before the freeze, not frozen with the living"
+    assert gc.get_freeze_count() >= frozen + len(alive)
+    assert c.frozen_since_full >= len(alive), "counted towards the next whole collection"
+    assert len(gc.get_objects(generation=2)) < len(alive), "the collection after the run no longer walks them"
+    del alive
+
+
+def test_a_whole_collection_comes_once_the_frozen_objects_grew_by_a_quarter():
+    clock = Clock()
+    c = collector.Collector(clock=clock)
+    c.frozen, c.frozen_at_full, c.runs_since_full = True, 400_000, False
+    c.last_full = c.last_run = clock.now
+    c.frozen_since_full = 99_000
+    clock.now += collector.QUIET_S + 0.1
+    assert not c.due(), "under a quarter more"
+    c.frozen_since_full = 100_000
+    assert c.due(), "a quarter more, and no run for QUIET_S"
+    c.last_run = clock.now
+    assert not c.due(), "a run just now: wait for a quiet moment"
+    c.frozen_since_full = 200_000
+    assert c.due(), "half as many again: at once"

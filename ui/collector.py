@@ -8,19 +8,28 @@ could not even be served until it ended (benchmarks/interaction.py; README, "Int
 
 `after_imports`, called by app.py on every run, moves what is alive at the server's first run into the
 permanent generation (`gc.freeze`), once per process: the collection after each run then walks only
-what was made since (a few ms) and still frees that garbage at once. The cost: an object alive at the
-freeze that later becomes part of a garbage cycle (the first visitor's session, when it ends) is never
-freed by those collections. So a background thread does a whole collection (unfreeze, collect, freeze
-again) once the server has had no run for IDLE_S seconds after some activity, and at least every
-PERIOD_S seconds of quiet: what a frozen session held comes back within minutes, at a moment nobody
-is waiting for a page.
+what was made since and still frees that garbage at once. What is made later and lives on would be
+walked again after every run: the modules a page imports on its first visit (pandas, Plotly's figure
+classes: 44,000 objects after an R50 session's first clicks), a model, the figures a session keeps.
+Measured on the 2-core Xeon with R50: 40-300 ms per run (one core, holding the interpreter while the
+browser fetches the new map's images), plus the interpreter's own whole collections on the event
+loop. So every run's start (`note_run`) collects what is not frozen (about one run's objects: under
+1 ms) and freezes what survives: each collection walks only one run's objects.
+
+The cost: an object alive at a freeze that later becomes part of a garbage cycle (a replaced figure,
+a visitor's session when it ends) is not freed by those collections. So a background thread does a
+whole collection (unfreeze, collect, freeze again) once the server has had no run for IDLE_S seconds
+after some activity, at least every PERIOD_S seconds of quiet, and whenever the frozen objects have
+grown by GROWTH since the last whole collection (the interpreter's own rule for its oldest
+generation, 25%), at a quiet moment (QUIET_S without a run) if one comes, and at 2 x GROWTH in any
+case: what frozen garbage can hold stays in proportion to what is alive, as without the freezes.
 
 Closed sessions: Streamlit keeps a closed session (its state: the photo, the analysis) for
 server.disconnectedSessionTTL seconds in case its tab reconnects, in a TTL cache that drops expired
 entries only when it is next written, i.e. when another session closes. The last visitor to leave
 would keep their session, and everything it holds, until the next one leaves (issue #12: three
 closed sessions held 275 MB of decoded photos after every visitor had gone). The same thread reaps
-expired closed sessions every CHECK_S seconds (`reap_closed_sessions`, on the server's event loop):
+expired closed sessions every REAP_EVERY x CHECK_S seconds (`reap_closed_sessions`, on the server's event loop):
 shuts each down (its uploaded files) and clears its state, then does a whole collection at once (a
 session's objects are in cycles).
 
@@ -37,7 +46,10 @@ import time
 
 IDLE_S = 30.0  # no run for this long: a good moment for a whole collection
 PERIOD_S = 600.0  # a quiet server still does one this often (a frozen, closed session's memory)
-CHECK_S = 5.0
+GROWTH = 0.25  # the frozen objects grew by this share since the last whole collection: one is due
+QUIET_S = 1.0  # ... at a moment without a run for this long (at 2 x GROWTH: at once)
+CHECK_S = 1.0
+REAP_EVERY = 5  # checks between looks for expired closed sessions
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +64,22 @@ class Collector:
         self.last_run = clock()
         self.last_full = clock()
         self.runs_since_full = False
+        self.frozen_at_full = 0  # gc.get_freeze_count() after the last whole collection
+        self.frozen_since_full = 0  # about how many objects `note_run` froze since
 
     def note_run(self) -> None:
-        """A script run (or a fragment's) started now."""
+        """A script run (or a fragment's) started now: once frozen, collect and freeze what survives, so
+        the collection after this run (Streamlit's) walks only this run's objects."""
         self.last_run = self._clock()
         self.runs_since_full = True
+        if self.frozen:
+            # What became garbage since the last run's collection (the last run's ScriptRunner: about 200
+            # objects in cycles) goes first: a collection of what is not frozen, i.e. of about one run's
+            # objects (under 1 ms). Counting the survivors costs one list of them (gc.get_freeze_count()
+            # walks every frozen object: 43 ms).
+            gc.collect()
+            self.frozen_since_full += len(gc.get_objects(generation=2))
+            gc.freeze()
 
     def freeze(self) -> bool:
         """Collect, then freeze what is alive, once; True the first time."""
@@ -67,12 +90,18 @@ class Collector:
         gc.collect()
         gc.freeze()
         self.last_full = self._clock()
+        self.frozen_at_full, self.frozen_since_full = gc.get_freeze_count(), 0
         log.info("froze %d long-lived objects out of the collections after each run", gc.get_freeze_count())
         return True
 
     def due(self) -> bool:
         """Whether a whole collection should run now: quiet for IDLE_S after activity, or PERIOD_S since the last."""
         now = self._clock()
+        grown = self.frozen_since_full
+        if self.frozen and grown >= 2 * GROWTH * self.frozen_at_full:
+            return True
+        if self.frozen and grown >= GROWTH * self.frozen_at_full and now - self.last_run >= QUIET_S:
+            return True
         if now - self.last_run < IDLE_S:
             return False
         return self.runs_since_full or now - self.last_full >= PERIOD_S
@@ -84,14 +113,17 @@ class Collector:
         freed = gc.collect()
         gc.freeze()
         self.last_full = self._clock()
+        self.frozen_at_full, self.frozen_since_full = gc.get_freeze_count(), 0
         self.runs_since_full = False
         ms = 1000 * (time.perf_counter() - start)
         log.info("whole collection while idle: %d objects freed in %.0f ms", freed, ms)
 
     def watch(self) -> None:  # the background thread's loop
+        checks = 0
         while True:
             time.sleep(CHECK_S)
-            reaped = reap_closed_sessions()
+            checks += 1
+            reaped = reap_closed_sessions() if checks % REAP_EVERY == 0 else 0
             if reaped:
                 log.info("forgot %d closed session(s) whose time to reconnect had passed", reaped)
             if reaped or self.due():
