@@ -6,6 +6,7 @@ import random
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from detr_core.io import render
 from detr_core.io.image import Geometry
@@ -58,3 +59,46 @@ def test_cell_index_names_the_cell_each_pixel_shows():
 def test_the_colormap_ends_are_viridis():
     ends = render.colormap(np.array([0.0, 1.0, -3.0, 7.0, np.nan]))
     assert ends.tolist() == [[68, 1, 84], [253, 231, 37], [68, 1, 84], [253, 231, 37], [68, 1, 84]]
+
+
+def blend_of_the_anchors(values: np.ndarray) -> np.ndarray:
+    """The colormap's definition: between the two nearest anchors, rint(a * (1 - t) + b * t) in float64."""
+    anchors = render.VIRIDIS
+    v = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * (len(anchors) - 1)
+    lo = np.floor(v).astype(int).clip(0, len(anchors) - 2)
+    t = (v - lo)[..., None]
+    return np.rint(anchors[lo] * (1 - t) + anchors[lo + 1] * t).astype(np.uint8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_colormap_is_the_blend_of_the_two_nearest_anchors(dtype):
+    rng = np.random.default_rng(3)
+    values = rng.random((97, 131)).astype(dtype)
+    values.flat[:1001] = np.linspace(0.0, 1.0, 1001)  # every anchor and the halves between (rint's ties)
+    values.flat[1001:1005] = [np.nan, -3.0, 7.0, 1.0]
+    np.testing.assert_array_equal(render.colormap(values), blend_of_the_anchors(values))
+
+
+def pillow_upsample(attention: np.ndarray, g: Geometry) -> np.ndarray:
+    """The smooth map's definition: bilinear to the input pixels the cells cover, crop, bilinear to the photo."""
+    img = Image.fromarray(attention, mode="F").resize((g.feat_w * g.stride, g.feat_h * g.stride),
+                                                             Image.BILINEAR)  # fmt: skip
+    img = img.crop((0, 0, g.input_w, g.input_h)).resize((g.orig_w, g.orig_h), Image.BILINEAR)
+    return np.asarray(img, dtype=np.float32)
+
+
+def test_the_smooth_map_is_pillows_two_resizes():
+    """upsample applies the two resizes as one matrix per axis: the same numbers to float32 rounding (the
+    products add the same weighted terms in another order). A NaN takes Pillow's own route (exactly)."""
+    rng, nrng = random.Random(5), np.random.default_rng(5)
+    for i in range(80):
+        g = random_geometry(rng)
+        m = nrng.random((g.feat_h, g.feat_w)).astype(np.float32)
+        if i % 3 == 0:
+            m = np.exp(40 * m).astype(np.float32)  # peaked, as softmax rows are
+        want = pillow_upsample(m, g)
+        got = render.upsample(m, g)
+        assert got.shape == want.shape == (g.orig_h, g.orig_w) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * float(want.max()), err_msg=str(g))
+    m[0, 0] = np.nan
+    np.testing.assert_array_equal(render.upsample(m, g), pillow_upsample(m, g))

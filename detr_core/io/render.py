@@ -12,10 +12,10 @@ from torch import Tensor
 from .image import Geometry
 from .postprocess import COLORS, Detection
 
-__all__ = ["color_of", "colormap", "draw_boxes", "draw_cell", "heatmap", "overlay", "upsample"]
+__all__ = ["VIRIDIS", "color_of", "colormap", "draw_boxes", "draw_cell", "heatmap", "overlay", "upsample"]
 
 # Anchor colours of the perceptually uniform "viridis" colormap, from 0 to 1.
-_VIRIDIS = np.array(
+VIRIDIS = np.array(
     [
         [68, 1, 84], [72, 36, 117], [65, 68, 135], [53, 95, 141], [42, 120, 142], [33, 145, 140],
         [34, 168, 132], [68, 191, 112], [122, 209, 81], [189, 223, 38], [253, 231, 37],
@@ -24,12 +24,29 @@ _VIRIDIS = np.array(
 )  # fmt: skip
 
 
+# The anchors one channel at a time (a 1-D `take` is several times faster than gathering rows of 3).
+_VIRIDIS_CHANNELS = tuple(np.ascontiguousarray(VIRIDIS[:, c]) for c in range(3))
+
+
 def colormap(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] (any shape) -> uint8 RGB (shape + (3,)) on the viridis scale."""
-    v = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * (len(_VIRIDIS) - 1)
-    lo = np.floor(v).astype(int).clip(0, len(_VIRIDIS) - 2)
-    t = (v - lo)[..., None]
-    return np.rint(_VIRIDIS[lo] * (1 - t) + _VIRIDIS[lo + 1] * t).astype(np.uint8)
+    """Values in [0, 1] (any shape) -> uint8 RGB (shape + (3,)) on the viridis scale: linear between the
+    anchors, rint(a * (1 - t) + b * t) in float64, one channel at a time (the same numbers as gathering
+    the anchors' rows: 22 -> 12 ms for a 440 x 330 overlay)."""
+    v = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * (len(VIRIDIS) - 1)
+    lo = np.floor(v).astype(np.intp)
+    np.clip(lo, 0, len(VIRIDIS) - 2, out=lo)
+    t = v - lo  # float64 (an integer array promotes float32 too)
+    s = 1 - t
+    hi = lo + 1
+    out = np.empty((*v.shape, 3), np.uint8)
+    for c, anchors in enumerate(_VIRIDIS_CHANNELS):
+        mixed = anchors.take(lo)
+        mixed *= s
+        upper = anchors.take(hi)
+        upper *= t
+        mixed += upper
+        out[..., c] = np.rint(mixed, out=mixed)
+    return out
 
 
 def _normalize(m: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
@@ -40,13 +57,34 @@ def _normalize(m: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
 
 
 def upsample(attention: Tensor | np.ndarray, geometry: Geometry, smooth: bool = True) -> np.ndarray:
-    """An [h, w] map over the feature cells -> [orig_h, orig_w] float32, each cell over the pixels it covers."""
+    """An [h, w] map over the feature cells -> [orig_h, orig_w] float32, each cell over the pixels it covers:
+    resized (bilinear, or nearest without `smooth`) to the input pixels the cells cover, cropped to the
+    input, resized to the original pixels.
+
+    Smooth and finite, the two resizes are applied as one linear map per axis (`_resampling`: Pillow's
+    resampling is separable, so its weights are found once per size by resizing the identity), the same
+    numbers to float32 rounding in 0.2 ms instead of 12-18 ms at 440 px (tests/test_render.py)."""
     g = geometry
     m = np.asarray(attention, dtype=np.float32)
+    if smooth and np.isfinite(m).all():  # a NaN would reach every pixel of its row through a product
+        rows = _resampling(g.feat_h, g.stride, g.input_h, g.orig_h)  # [orig_h, h]
+        cols = _resampling(g.feat_w, g.stride, g.input_w, g.orig_w)  # [orig_w, w]
+        return (rows @ m.astype(np.float64) @ cols.T).astype(np.float32)
     resample = Image.BILINEAR if smooth else Image.NEAREST
     img = Image.fromarray(m, mode="F").resize((g.feat_w * g.stride, g.feat_h * g.stride), resample)  # input px
     img = img.crop((0, 0, g.input_w, g.input_h)).resize((g.orig_w, g.orig_h), resample)  # original px
     return np.asarray(img, dtype=np.float32)
+
+
+@lru_cache(maxsize=32)  # a page draws at two or three sizes, two axes each
+def _resampling(cells: int, stride: int, input_len: int, out_len: int) -> np.ndarray:
+    """`upsample`'s bilinear resizes along one axis as a matrix [out_len, cells] (float64): row i holds the
+    weight of each cell in output pixel i. Found by resizing each cell's one-hot row the same way."""
+    eye = Image.fromarray(np.eye(cells, dtype=np.float32), mode="F")  # one row per cell
+    img = eye.resize((cells * stride, cells), Image.BILINEAR).crop((0, 0, input_len, cells))
+    weights = np.asarray(img.resize((out_len, cells), Image.BILINEAR), dtype=np.float64).T
+    weights.setflags(write=False)
+    return weights
 
 
 @lru_cache(maxsize=16)  # a page draws at two or three sizes; 16 x at most 900 x 900 x 4 bytes
