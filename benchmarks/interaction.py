@@ -13,17 +13,26 @@ install`), 1440x900. Per model:
   best queries are detections.
 
 The server is warm (each interaction is done once before timing). Each interaction is repeated
---reps times on fresh cells, queries, layers or heads; a repetition is timed from just before the
-input event (Playwright's click, key press or option pick) to the moment the page shows what that
-input asked for: a caption naming the cell / query / layer / head / threshold, with every image of
-the main area loaded (polled every animation frame). Printed: p50 and p95 in ms per interaction,
-the target and whether it is met, the CPU it ran on, and how fast that CPU was before and after
-(`machine.python_loop_ms`: a shared host's CPU runs the same loop 2-3x slower on a bad spell, and
-every row then moves with it). What comes before the input event is not
-timed: opening a selectbox and typing to filter its list (nothing reaches the server until the
-option is clicked; until 3 December 2026 the timing began before the list was opened, which added
-that round trip of the browser's to every selectbox row). Targets (issue #15): encoder and decoder
-interactions p95 <= 250 ms, a page switch with a cached analysis <= 1 s, a threshold change <= 500 ms.
+--reps times on fresh cells, queries, layers or heads; a repetition is timed on the page's own clock
+(performance.now()), from the input event (the first pointerdown, mousedown or keydown that
+Playwright's click, key press or option pick dispatches) to the moment the page shows what that input
+asked for: a caption naming the cell / query / layer / head / threshold, with every image of the main
+area loaded (polled every animation frame). What comes before the input event is not timed: opening a
+selectbox and typing to filter its list (nothing reaches the server until the option is clicked), and
+Playwright's own work before it dispatches an event (its checks that the target is visible and stable,
+its round trips to the browser; timing in this process, as until 3 December 2026, added 25-70 ms of
+that to every row).
+
+Printed: p50 and p95 in ms per interaction, the target and whether it is met, the CPU it ran on, and
+how fast that CPU was before and after (`machine.python_loop_ms`: a shared host's CPU runs the same
+loop 2-3x slower on a bad spell, and every row then moves with it); then where each interaction's time
+went (medians): the browser until it sent the rerun request, the server until the run's end
+(`script_finished`) reached the page, the browser from there until the map was shown, from a trace
+of the page's WebSocket messages. Targets (issue #15): encoder and decoder interactions p95 <= 250 ms,
+a page switch with a cached analysis <= 1 s, a threshold change <= 500 ms.
+
+The column "Streamlit alone" (`--models floor`) runs benchmarks/floor_app.py: the same widgets and the
+same clickable photo, doing nothing else; its times are the floor of a fragment's rerun on this machine.
 
 Browser and server share the machine's cores, as on a laptop.
 """
@@ -36,7 +45,6 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,6 +58,8 @@ from machine import cpu_description, python_loop_ms  # noqa: E402  (benchmarks/m
 VIEWPORT = {"width": 1440, "height": 900}
 WAIT_MS = 120_000
 R50_NAME = "detr_resnet50_random"
+FLOOR = "floor"
+FLOOR_LABEL = "Streamlit alone (floor_app.py)"
 TARGETS_MS = {
     "encoder: click a cell": 250,
     "encoder: change layer": 250,
@@ -62,22 +72,50 @@ TARGETS_MS = {
     "threshold change": 500,
 }
 
-# True once the main area shows every wanted string and all its images have loaded.
+# The page's clock (performance.now()) once the main area shows every wanted string and all its images
+# have loaded; false before.
 SHOWN_JS = """(want) => {
   const main = document.querySelector('[data-testid="stMain"]');
   if (!main) return false;
   const text = main.innerText;
   if (!want.every(w => text.includes(w))) return false;
-  return [...main.querySelectorAll('img')].every(i => i.complete && i.naturalWidth > 0);
+  const loaded = [...main.querySelectorAll('img')].every(i => i.complete && i.naturalWidth > 0);
+  return loaded && performance.now();
 }"""
+
+# Before the app's own scripts: log, on the page's clock, the first input event after `window.__armed`
+# is set, every message the page sends to the server (a BackMsg: the rerun request) and every message
+# it receives (a ForwardMsg; small ones kept whole, to find the run's end in them).
+TRACE_JS = """(() => {
+  const log = window.__trace = {input: null, sent: [], got: []};
+  const Native = window.WebSocket;
+  class Traced extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('message', (e) => {
+        const n = e.data.byteLength || 0;
+        const whole = n <= 4096 ? btoa(String.fromCharCode(...new Uint8Array(e.data))) : null;
+        log.got.push([performance.now(), n, whole]);
+      });
+    }
+    send(data) { log.sent.push(performance.now()); return super.send(data); }
+  }
+  window.WebSocket = Traced;
+  for (const kind of ['pointerdown', 'mousedown', 'keydown', 'click']) {
+    window.addEventListener(kind, () => {
+      if (window.__armed) { window.__armed = false; log.input = performance.now(); }
+    }, true);
+  }
+})()"""
 
 
 # ------------------------------------------------------------------------------------------------
 # Page helpers
 
 
-def wait_shown(page, want: list[str]) -> None:
-    page.wait_for_function(SHOWN_JS, arg=want, timeout=WAIT_MS, polling="raf")
+def wait_shown(page, want: list[str]) -> float:
+    """Wait until `want` is shown; the page's clock at that moment (ms)."""
+    return page.wait_for_function(SHOWN_JS, arg=want, timeout=WAIT_MS, polling="raf").json_value()
 
 
 def wait_idle(page) -> None:
@@ -87,12 +125,48 @@ def wait_idle(page) -> None:
     )
 
 
+PHASES = ("browser: input -> request sent", "server: request -> run finished", "browser: run finished -> shown")
+_phases: list[tuple[float, float, float]] = []  # of the timings since `measure` began
+
+
 def timed(action: Callable[[], None], page, want: list[str]) -> float:
-    """ms from just before `action` (the input event) to `want` being shown."""
-    start = time.perf_counter()
+    """ms from the input event `action` makes (its first pointerdown, mousedown or keydown, on the page's
+    own clock) to `want` being shown; also notes where that time went (`phases`, from TRACE_JS)."""
+    page.evaluate("() => { const t = window.__trace; t.sent = []; t.got = []; t.input = null; window.__armed = true; }")
     action()
-    wait_shown(page, want)
-    return (time.perf_counter() - start) * 1000
+    shown = wait_shown(page, want)
+    for _ in range(100):  # the run's end may come after the map is shown: wait for it (at most ~5 s)
+        trace = page.evaluate("() => window.__trace")
+        where = phases(trace, shown)
+        if where[1] == where[1]:  # not nan: the run's end was seen
+            break
+        page.wait_for_timeout(50)
+    if trace["input"] is None:
+        raise RuntimeError(f"no input event reached the page before {want} was shown")
+    _phases.append(where)
+    return shown - trace["input"]
+
+
+def phases(trace: dict, shown: float) -> tuple[float, float, float]:
+    """(input -> the first request sent, -> the server's end of that run received, -> shown), ms; the
+    run's end is its `script_finished` ForwardMsg (a fragment's run has one too). nan where not seen."""
+    import base64
+
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    nan = float("nan")
+    start = trace["input"]
+    sent = [t for t in trace["sent"] if start is not None and t >= start]
+    if start is None or not sent:
+        return nan, nan, nan
+
+    def run_end(whole: str | None) -> bool:
+        return bool(whole) and ForwardMsg.FromString(base64.b64decode(whole)).WhichOneof("type") == "script_finished"
+
+    finished = [t for t, _, whole in trace["got"] if t >= sent[0] and run_end(whole)]
+    if not finished:
+        return sent[0] - start, nan, nan
+    return sent[0] - start, finished[0] - sent[0], shown - finished[0]
 
 
 def choice_event(page, label: str, option: str, options: list[str]) -> Callable[[], None]:
@@ -224,9 +298,13 @@ class Session:
         return one
 
 
-def measure(fn: Callable[[], float], reps: int) -> list[float]:
-    fn()  # warm: the first of each kind fills caches and the browser's image cache
-    return [fn() for _ in range(reps)]
+def measure(fn: Callable[[], float], reps: int) -> tuple[list[float], list[tuple[float, float, float]]]:
+    """`reps` timings of `fn` after one to warm up (the first of each kind fills caches and the browser's
+    image cache), and where each one's time went (`phases`)."""
+    fn()
+    _phases.clear()
+    values = [fn() for _ in range(reps)]
+    return values, list(_phases)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -282,6 +360,7 @@ def reference(model_name: str, checkpoint: Path | None, data: bytes):
 
 def run_model(browser, server, model: str, reps: int, workdir: Path, checkpoint: Path | None) -> dict[str, list[float]]:
     context = browser.new_context(viewport=VIEWPORT)
+    context.add_init_script(TRACE_JS)
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     if checkpoint is None:
@@ -301,34 +380,68 @@ def run_model(browser, server, model: str, reps: int, workdir: Path, checkpoint:
     wait_idle(page)
     session = Session(page, geometry, detections, reps)
     results: dict[str, list[float]] = {}
-    results["threshold change"] = measure(session.threshold([round(threshold - 0.01, 2), threshold]), reps)
-    results["page switch (cached analysis)"] = measure(session.page_switch(), reps)
+    where: dict[str, list[tuple[float, float, float]]] = {}
+
+    def record(name: str, fn: Callable[[], float], reps: int) -> None:
+        results[name], where[name] = measure(fn, reps)
+
+    record("threshold change", session.threshold([round(threshold - 0.01, 2), threshold]), reps)
+    record("page switch (cached analysis)", session.page_switch(), reps)
     go_to(page, "Encoder attention")
     wait_shown(page, ["Selected cell:"])
     wait_idle(page)
-    results["encoder: click a cell"] = measure(session.encoder_click, reps)
+    record("encoder: click a cell", session.encoder_click, reps)
     layers = [str(i) for i in range(1, analysis.enc_layers + 1)] + ["mean"]
-    results["encoder: change layer"] = measure(
-        session.encoder_option("Encoder layer", layers, lambda o: f"layer {o} ·"), reps
-    )
+    record("encoder: change layer", session.encoder_option("Encoder layer", layers, lambda o: f"layer {o} ·"), reps)
     heads = [str(i) for i in range(1, analysis.nheads + 1)] + ["mean"]
-    results["encoder: change head"] = measure(session.encoder_option("Head", heads, lambda o: f"head {o}"), reps)
+    record("encoder: change head", session.encoder_option("Head", heads, lambda o: f"head {o}"), reps)
     directions = ["what looks at this location", "where this location looks"]
-    results["encoder: switch direction"] = measure(
-        session.encoder_option("Direction", directions, lambda o: f"· {o} ·"), reps
-    )
+    record("encoder: switch direction", session.encoder_option("Direction", directions, lambda o: f"· {o} ·"), reps)
     if detections:
         go_to(page, "Decoder attention")
         wait_shown(page, ["Selected detection:"])
         wait_idle(page)
-        results["decoder: pick a detection"] = measure(session.decoder_pick, reps)
+        record("decoder: pick a detection", session.decoder_pick, reps)
         dec_layers = [str(i) for i in range(1, analysis.dec_layers + 1)] + ["mean"]
-        results["decoder: change layer"] = measure(
-            session.encoder_option("Decoder layer", dec_layers, lambda o: f"layer {o}, head"), reps
+        record(
+            "decoder: change layer",
+            session.encoder_option("Decoder layer", dec_layers, lambda o: f"layer {o}, head"),
+            reps,
         )
-        results["decoder: change head"] = measure(session.encoder_option("Head", heads, lambda o: f", head {o}"), reps)
+        record("decoder: change head", session.encoder_option("Head", heads, lambda o: f", head {o}"), reps)
     context.close()
-    return results
+    return results, where
+
+
+def run_floor(browser, server, reps: int) -> tuple[dict[str, list[float]], dict[str, list]]:
+    """The same encoder and decoder interactions on benchmarks/floor_app.py: what Streamlit and the browser
+    spend on a fragment's rerun with these widgets and this clickable photo, doing nothing else."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from floor_app import DIRECTIONS, GEOMETRY, QUERIES
+
+    context = browser.new_context(viewport=VIEWPORT)
+    context.add_init_script(TRACE_JS)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(server.url)
+    wait_shown(page, ["Selected cell:"])
+    photo_box(page)
+    wait_idle(page)
+    session = Session(page, GEOMETRY, [SimpleNamespace(query=q) for q in QUERIES], reps)
+    results: dict[str, list[float]] = {}
+    where: dict[str, list[tuple[float, float, float]]] = {}
+    results["encoder: click a cell"], where["encoder: click a cell"] = measure(session.encoder_click, reps)
+    for name, label, options, shown in [
+        ("encoder: change layer", "Encoder layer", ["1", "2", "3", "4", "5", "6", "mean"], lambda o: f"layer {o} ·"),
+        ("encoder: change head", "Head", [str(h) for h in range(1, 9)] + ["mean"], lambda o: f"head {o}"),
+        ("encoder: switch direction", "Direction", DIRECTIONS, lambda o: f"· {o} ·"),
+    ]:
+        results[name], where[name] = measure(session.encoder_option(label, options, shown), reps)
+    results["decoder: pick a detection"], where["decoder: pick a detection"] = measure(session.decoder_pick, reps)
+    context.close()
+    return results, where
 
 
 def table(all_results: dict[str, dict[str, list[float]]], reps: int, speed: str = "") -> str:
@@ -353,10 +466,39 @@ def table(all_results: dict[str, dict[str, list[float]]], reps: int, speed: str 
     return "\n".join(lines)
 
 
+def median_seen(values: list[float]) -> float:
+    """The median of the values that are not nan (nan if none is)."""
+    seen = [v for v in values if v == v]
+    return statistics.median(seen) if seen else float("nan")
+
+
+def phase_table(all_where: dict[str, dict[str, list[tuple[float, float, float]]]]) -> str:
+    """Where each interaction's time went, medians (ms): the browser until it sent the rerun request, the
+    server until the run's end reached the page, the browser from there until the new map was shown
+    (negative: shown before the run's end arrived, e.g. while the last elements were still coming)."""
+    lines = [
+        "Where the time goes, medians (ms): " + " + ".join(PHASES),
+        "",
+        "| interaction | " + " | ".join(all_where) + " |",
+        "|---|" + "---|" * len(all_where),
+    ]
+    for name in TARGETS_MS:
+        cells = []
+        for where in all_where.values():
+            rows = where.get(name)
+            if not rows:
+                cells.append("n/a")
+                continue
+            cells.append(" + ".join(f"{median_seen([r[i] for r in rows]):.0f}" for i in range(3)))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--models", nargs="+", default=["detr_shapes", "detr_resnet50"])
+    parser.add_argument("--models", nargs="+", default=["detr_shapes", "detr_resnet50", FLOOR],
+                        help=f"{FLOOR!r}: Streamlit alone (benchmarks/floor_app.py)")  # fmt: skip
     parser.add_argument("--out", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -366,34 +508,42 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     all_results: dict[str, dict[str, list[float]]] = {}
+    all_where: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
+    models = [m for m in args.models if m != FLOOR]
     before_ms = python_loop_ms()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
         workdir = Path(tmp)
-        checkpoint = random_r50(workdir) if "detr_resnet50" in args.models else None
-        env = {"TORCH_HOME": str(workdir / "torch_home"), "DETR_WEIGHTS_DIR": ""}
-        if checkpoint is not None:
-            env["DETR_OWN_MODELS"] = json.dumps([{"checkpoint": str(checkpoint), "name": R50_NAME}])
-        server = StreamlitServer(workdir / "streamlit.log", env=env).start()
-        try:
-            with sync_playwright() as p:
-                browser = launch_chromium(p)
-                for model in args.models:
+        browser = launch_chromium(p)
+        if models:
+            checkpoint = random_r50(workdir) if "detr_resnet50" in models else None
+            env = {"TORCH_HOME": str(workdir / "torch_home"), "DETR_WEIGHTS_DIR": ""}
+            if checkpoint is not None:
+                env["DETR_OWN_MODELS"] = json.dumps([{"checkpoint": str(checkpoint), "name": R50_NAME}])
+            server = StreamlitServer(workdir / "streamlit.log", env=env).start()
+            try:
+                for model in models:
                     ckpt = checkpoint if model == "detr_resnet50" else None
                     label = f"{model} (random weights, 800x1066)" if ckpt else model
-                    all_results[label] = run_model(browser, server, model if not ckpt else R50_NAME, args.reps,
-                                                   workdir, ckpt)  # fmt: skip
+                    all_results[label], all_where[label] = run_model(browser, server, model if not ckpt else R50_NAME,
+                                                                     args.reps, workdir, ckpt)  # fmt: skip
                     print(table({label: all_results[label]}, args.reps), file=sys.stderr, flush=True)
-                browser.close()
-        finally:
-            server.stop()
+            finally:
+                server.stop()
+        if FLOOR in args.models:
+            server = StreamlitServer(workdir / "floor.log", script="benchmarks/floor_app.py").start()
+            try:
+                all_results[FLOOR_LABEL], all_where[FLOOR_LABEL] = run_floor(browser, server, args.reps)
+            finally:
+                server.stop()
+        browser.close()
     after_ms = python_loop_ms()
     speed = f"; a fixed Python loop took {before_ms:.0f} ms before and {after_ms:.0f} ms after (machine.python_loop_ms)"
-    text = table(all_results, args.reps, speed)
+    text = table(all_results, args.reps, speed) + "\n\n" + phase_table(all_where)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
     if args.json:
-        args.json.write_text(json.dumps(all_results, indent=1))
+        args.json.write_text(json.dumps({"timings": all_results, "phases": all_where}, indent=1))
     return 0
 
 

@@ -48,9 +48,12 @@ class StreamlitServer:
         startup_timeout: float = 180.0,
         server_args: list[str] | None = None,
         app_args: list[str] | None = None,
+        script: str = "app.py",
     ):
         """`server_args`: more Streamlit options (``--server.maxUploadSize 200``); `app_args`: the app's
-        own options, given after ``--`` (``--allow-checkpoint-upload``)."""
+        own options, given after ``--`` (``--allow-checkpoint-upload``); `script`: the app to run (a path
+        from the repository's root)."""
+        self.script = script
         self.server_args = list(server_args or [])
         self.app_args = list(app_args or [])
         self.port = free_port()
@@ -62,7 +65,7 @@ class StreamlitServer:
 
     def start(self) -> StreamlitServer:
         cmd = [
-            sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(self.port),
+            sys.executable, "-m", "streamlit", "run", self.script, "--server.port", str(self.port),
             "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
             "--browser.gatherUsageStats", "false", *self.server_args,
         ]  # fmt: skip
