@@ -59,6 +59,7 @@ def render() -> None:
         )
         return
     viewport.main_width()  # mounts the width reporter (the view below reads what it reported)
+    touch.hover_on_tap()  # outside the fragment: sent once per whole run, not with every pick
 
     st.caption(
         "Each detection comes from one object query. Its cross-attention (last decoder layer, mean over heads) "
@@ -121,23 +122,8 @@ def _explore_body() -> None:
         ss["dec_query"] = query
     ss["p_dec_pick"] = query
     left, right = st.columns([1, 1])
-    with left:
-        st.selectbox(
-            "Detection", list(by_query), key="p_dec_pick", on_change=_on_pick_list,
-            format_func=lambda q: f"query {q}: {by_query[q].class_name} ({by_query[q].score:.2f})",
-        )  # fmt: skip
-        height = figures.fitted_height(geometry.orig_w, geometry.orig_h, viewport.column_width(main, 0.5))
-        fig = _pick_figure(view, detections, height)  # the same in every run: a changed one is rebuilt anew
-        touch.hover_on_tap()
-        st.plotly_chart(
-            fig,
-            key=PLOT_KEY,
-            on_select=_on_pick_box,
-            selection_mode="points",
-            theme=None,
-            config={"displayModeBar": False},
-        )
-        st.caption("Click a box's centre marker, or pick from the list: the view beside shows the picked detection.")
+    # The view first, then the picker beside it: what a pick asks for reaches the browser before the
+    # unchanged figure is re-sent (the columns' places are fixed when they are made).
     det = by_query[query]
     with right:
         c1, c2, c3 = st.columns([1.3, 1, 1])
@@ -192,6 +178,23 @@ def _explore_body() -> None:
         m3.metric("entropy", f"{box_stats.entropy:.3f}", help="Normalized: 1 = spread evenly, 0 = one cell.")
         x0, y0, x1, y1 = det.box
         st.caption(f"{box_stats.ratio:.1f}x chance · box ({x0:.0f}, {y0:.0f}) - ({x1:.0f}, {y1:.0f})")
+
+    with left:
+        st.selectbox(
+            "Detection", list(by_query), key="p_dec_pick", on_change=_on_pick_list,
+            format_func=lambda q: f"query {q}: {by_query[q].class_name} ({by_query[q].score:.2f})",
+        )  # fmt: skip
+        height = figures.fitted_height(geometry.orig_w, geometry.orig_h, viewport.column_width(main, 0.5))
+        fig = _pick_figure(view, detections, height)  # the same in every run: a changed one is rebuilt anew
+        st.plotly_chart(
+            fig,
+            key=PLOT_KEY,
+            on_select=_on_pick_box,
+            selection_mode="points",
+            theme=None,
+            config={"displayModeBar": False},
+        )
+        st.caption("Click a box's centre marker, or pick from the list: the view beside shows the picked detection.")
 
 
 def _boxed(view, thumb, det):

@@ -111,6 +111,10 @@ def render() -> None:
     st.header("Encoder attention")
     if state.require_analysis() is None:
         return
+    # Outside the fragment: sent once per whole run, not again with every click (each mount is a message
+    # and a component the browser re-renders). The fragment reads the width the reporter last gave.
+    viewport.main_width()
+    touch.hover_on_tap()  # the tap fix listens on the whole page, wherever it is mounted
     _explore()
 
 
@@ -129,7 +133,7 @@ def _explore_body() -> None:
     ss = st.session_state
     analysis, geometry = view.analysis, view.geometry
     facts = compute.encoder_facts(analysis)
-    main = viewport.main_width()
+    main = viewport.known_width()
 
     c1, c3 = st.columns([1.6, 1])
     state.keep_valid("p_enc_direction", list(DIRECTIONS), "looks")
@@ -176,21 +180,8 @@ def _explore_body() -> None:
     wide = geometry.orig_w > 1.6 * geometry.orig_h  # a panorama: the photo and its maps one above the other
 
     left, right = st.columns([1.25, 1]) if not wide else (st.container(), st.container())
-    with left:
-        photo = view.display_image()
-        width = main if wide else viewport.column_width(main, 1.25 / 2.25)
-        height = figures.fitted_height(geometry.orig_w, geometry.orig_h, width)
-        fig = _clickable_figure(view, photo, height, figures.rgb(len(results) - 1))  # the newest point's colour
-        touch.hover_on_tap()
-        st.plotly_chart(
-            fig, key=PLOT_KEY, on_select=_on_click, selection_mode="points", theme=None,
-            config={"displayModeBar": False},
-        )  # fmt: skip
-        st.caption(
-            "Click (or tap) anywhere on the photo to add that feature cell: it is outlined at once, and the "
-            "last four are kept (outlined in their colours in the paper's figure below)."
-        )
-        st.button("Reset to the notebook's reference points", on_click=_reset_points)
+    # The map first, then the photo beside it: what a click asks for reaches the browser before the
+    # unchanged figure is re-sent (the columns' places are fixed when they are made).
     with right:
         st.markdown(
             f"Selected cell: **({current.row}, {current.col})** · token {current.token} · "
@@ -227,6 +218,20 @@ def _explore_body() -> None:
             "The .npy and CSV hold the exact map over the feature cells (rows x columns), not the display scale."
         )
 
+    with left:
+        photo = view.display_image()
+        width = main if wide else viewport.column_width(main, 1.25 / 2.25)
+        height = figures.fitted_height(geometry.orig_w, geometry.orig_h, width)
+        fig = _clickable_figure(view, photo, height, figures.rgb(len(results) - 1))  # the newest point's colour
+        st.plotly_chart(
+            fig, key=PLOT_KEY, on_select=_on_click, selection_mode="points", theme=None,
+            config={"displayModeBar": False},
+        )  # fmt: skip
+        st.caption(
+            "Click (or tap) anywhere on the photo to add that feature cell: it is outlined at once, and the "
+            "last four are kept (outlined in their colours in the paper's figure below)."
+        )
+        st.button("Reset to the notebook's reference points", on_click=_reset_points)
     if head == GRID and layer != "rollout":
         st.subheader(f"Every head of layer {layer} at cell ({current.row}, {current.col})")
         thumb = view.display_image(360)
