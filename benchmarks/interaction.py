@@ -17,7 +17,9 @@ The server is warm (each interaction is done once before timing). Each interacti
 (performance.now()), from the input event (the first pointerdown, mousedown or keydown that
 Playwright's click, key press or option pick dispatches) to the moment the page shows what that input
 asked for: a caption naming the cell / query / layer / head / threshold, with every image of the main
-area loaded (polled every animation frame). What comes before the input event is not timed: opening a
+area loaded, every chart drawn and no element still a placeholder (polled every animation frame; until
+3 December 2026 a placeholder was not waited for, so a page switch could count as shown before its
+photo and maps were drawn). What comes before the input event is not timed: opening a
 selectbox and typing to filter its list (nothing reaches the server until the option is clicked), and
 Playwright's own work before it dispatches an event (its checks that the target is visible and stable,
 its round trips to the browser; timing in this process, as until 3 December 2026, added 25-70 ms of
@@ -72,13 +74,18 @@ TARGETS_MS = {
     "threshold change": 500,
 }
 
-# The page's clock (performance.now()) once the main area shows every wanted string and all its images
-# have loaded; false before.
+# The page's clock (performance.now()) once the main area shows every wanted string, no element is
+# still a placeholder (Streamlit draws a skeleton until an element's code and data are in: a page's
+# photo and maps, right after a page switch), every chart has drawn and all its images have loaded;
+# false before.
 SHOWN_JS = """(want) => {
   const main = document.querySelector('[data-testid="stMain"]');
   if (!main) return false;
   const text = main.innerText;
   if (!want.every(w => text.includes(w))) return false;
+  if (main.querySelector('[data-testid="stSkeleton"]')) return false;
+  const charts = [...main.querySelectorAll('[data-testid="stPlotlyChart"]')];
+  if (charts.some(c => !c.querySelector('.main-svg'))) return false;
   const loaded = [...main.querySelectorAll('img')].every(i => i.complete && i.naturalWidth > 0);
   return loaded && performance.now();
 }"""
