@@ -91,11 +91,12 @@ class Collector:
         gc.freeze()
         self.last_full = self._clock()
         self.frozen_at_full, self.frozen_since_full = gc.get_freeze_count(), 0
-        log.info("froze %d long-lived objects out of the collections after each run", gc.get_freeze_count())
+        log.info("froze %d long-lived objects out of the collections after each run", self.frozen_at_full)
         return True
 
     def due(self) -> bool:
-        """Whether a whole collection should run now: quiet for IDLE_S after activity, or PERIOD_S since the last."""
+        """Whether a whole collection should run now: the frozen objects grew by GROWTH (and QUIET_S without a
+        run) or by 2 x GROWTH; quiet for IDLE_S after activity; or PERIOD_S since the last."""
         now = self._clock()
         grown = self.frozen_since_full
         if self.frozen and grown >= 2 * GROWTH * self.frozen_at_full:
