@@ -305,6 +305,27 @@ class Session:
         return one
 
 
+def traced_page(browser):
+    """A new context (VIEWPORT) and page whose WebSocket messages and input events are traced (TRACE_JS)."""
+    context = browser.new_context(viewport=VIEWPORT)
+    context.add_init_script(TRACE_JS)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    return context, page
+
+
+class Recorder:
+    """The timings and their phases of each interaction measured on one page (`measure`)."""
+
+    def __init__(self, reps: int):
+        self.reps = reps
+        self.results: dict[str, list[float]] = {}
+        self.where: dict[str, list[tuple[float, float, float]]] = {}
+
+    def record(self, name: str, fn: Callable[[], float]) -> None:
+        self.results[name], self.where[name] = measure(fn, self.reps)
+
+
 def measure(fn: Callable[[], float], reps: int) -> tuple[list[float], list[tuple[float, float, float]]]:
     """`reps` timings of `fn` after one to warm up (the first of each kind fills caches and the browser's
     image cache), and where each one's time went (`phases`)."""
@@ -365,11 +386,8 @@ def reference(model_name: str, checkpoint: Path | None, data: bytes):
 # ------------------------------------------------------------------------------------------------
 
 
-def run_model(browser, server, model: str, reps: int, workdir: Path, checkpoint: Path | None) -> dict[str, list[float]]:
-    context = browser.new_context(viewport=VIEWPORT)
-    context.add_init_script(TRACE_JS)
-    page = context.new_page()
-    page.set_default_timeout(WAIT_MS)
+def run_model(browser, server, model: str, reps: int, workdir: Path, checkpoint: Path | None) -> tuple[dict, dict]:
+    context, page = traced_page(browser)
     if checkpoint is None:
         from ui.caches import scene_png
 
@@ -386,38 +404,32 @@ def run_model(browser, server, model: str, reps: int, workdir: Path, checkpoint:
     wait_shown(page, ["detections" if detections else "Nothing above"])
     wait_idle(page)
     session = Session(page, geometry, detections, reps)
-    results: dict[str, list[float]] = {}
-    where: dict[str, list[tuple[float, float, float]]] = {}
-
-    def record(name: str, fn: Callable[[], float], reps: int) -> None:
-        results[name], where[name] = measure(fn, reps)
-
-    record("threshold change", session.threshold([round(threshold - 0.01, 2), threshold]), reps)
-    record("page switch (cached analysis)", session.page_switch(), reps)
+    recorder = Recorder(reps)
+    record = recorder.record
+    record("threshold change", session.threshold([round(threshold - 0.01, 2), threshold]))
+    record("page switch (cached analysis)", session.page_switch())
     go_to(page, "Encoder attention")
     wait_shown(page, ["Selected cell:"])
     wait_idle(page)
-    record("encoder: click a cell", session.encoder_click, reps)
+    record("encoder: click a cell", session.encoder_click)
     layers = [str(i) for i in range(1, analysis.enc_layers + 1)] + ["mean"]
-    record("encoder: change layer", session.encoder_option("Encoder layer", layers, lambda o: f"layer {o} ·"), reps)
+    record("encoder: change layer", session.encoder_option("Encoder layer", layers, lambda o: f"layer {o} ·"))
     heads = [str(i) for i in range(1, analysis.nheads + 1)] + ["mean"]
-    record("encoder: change head", session.encoder_option("Head", heads, lambda o: f"head {o}"), reps)
+    record("encoder: change head", session.encoder_option("Head", heads, lambda o: f"head {o}"))
     directions = ["what looks at this location", "where this location looks"]
-    record("encoder: switch direction", session.encoder_option("Direction", directions, lambda o: f"· {o} ·"), reps)
+    record("encoder: switch direction", session.encoder_option("Direction", directions, lambda o: f"· {o} ·"))
     if detections:
         go_to(page, "Decoder attention")
         wait_shown(page, ["Selected detection:"])
         wait_idle(page)
-        record("decoder: pick a detection", session.decoder_pick, reps)
+        record("decoder: pick a detection", session.decoder_pick)
         dec_layers = [str(i) for i in range(1, analysis.dec_layers + 1)] + ["mean"]
         record(
-            "decoder: change layer",
-            session.encoder_option("Decoder layer", dec_layers, lambda o: f"layer {o}, head"),
-            reps,
+            "decoder: change layer", session.encoder_option("Decoder layer", dec_layers, lambda o: f"layer {o}, head")
         )
-        record("decoder: change head", session.encoder_option("Head", heads, lambda o: f", head {o}"), reps)
+        record("decoder: change head", session.encoder_option("Head", heads, lambda o: f", head {o}"))
     context.close()
-    return results, where
+    return recorder.results, recorder.where
 
 
 def run_floor(browser, server, reps: int) -> tuple[dict[str, list[float]], dict[str, list]]:
@@ -428,49 +440,51 @@ def run_floor(browser, server, reps: int) -> tuple[dict[str, list[float]], dict[
     sys.path.insert(0, str(REPO / "benchmarks"))
     from floor_app import DIRECTIONS, GEOMETRY, QUERIES
 
-    context = browser.new_context(viewport=VIEWPORT)
-    context.add_init_script(TRACE_JS)
-    page = context.new_page()
-    page.set_default_timeout(WAIT_MS)
+    context, page = traced_page(browser)
     page.goto(server.url)
     wait_shown(page, ["Selected cell:"])
     photo_box(page)
     wait_idle(page)
     session = Session(page, GEOMETRY, [SimpleNamespace(query=q) for q in QUERIES], reps)
-    results: dict[str, list[float]] = {}
-    where: dict[str, list[tuple[float, float, float]]] = {}
-    results["encoder: click a cell"], where["encoder: click a cell"] = measure(session.encoder_click, reps)
+    recorder = Recorder(reps)
+    recorder.record("encoder: click a cell", session.encoder_click)
     for name, label, options, shown in [
         ("encoder: change layer", "Encoder layer", ["1", "2", "3", "4", "5", "6", "mean"], lambda o: f"layer {o} ·"),
         ("encoder: change head", "Head", [str(h) for h in range(1, 9)] + ["mean"], lambda o: f"head {o}"),
         ("encoder: switch direction", "Direction", DIRECTIONS, lambda o: f"· {o} ·"),
     ]:
-        results[name], where[name] = measure(session.encoder_option(label, options, shown), reps)
-    results["decoder: pick a detection"], where["decoder: pick a detection"] = measure(session.decoder_pick, reps)
+        recorder.record(name, session.encoder_option(label, options, shown))
+    recorder.record("decoder: pick a detection", session.decoder_pick)
     context.close()
-    return results, where
+    return recorder.results, recorder.where
+
+
+def markdown_rows(columns: dict[str, dict], cell: Callable[[str, list], str], target: bool) -> list[str]:
+    """The header and one row per interaction (TARGETS_MS) of a table with one column per model: `cell`
+    turns the interaction's name and that model's values for it into the cell's text ("n/a" where it has
+    none); `target` adds the target column."""
+    lines = [
+        "| interaction | " + " | ".join(columns) + (" | target (p95) |" if target else " |"),
+        "|---|" + "---|" * len(columns) + ("---|" if target else ""),
+    ]
+    for name, ms in TARGETS_MS.items():
+        cells = [cell(name, values[name]) if values.get(name) else "n/a" for values in columns.values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + (f" | <= {ms} |" if target else " |"))
+    return lines
 
 
 def table(all_results: dict[str, dict[str, list[float]]], reps: int, speed: str = "") -> str:
-    lines = [
+    def cell(name: str, values: list[float]) -> str:
+        p95 = percentile(values, 0.95)
+        mark = "met" if p95 <= TARGETS_MS[name] else "not met"
+        return f"{statistics.median(values):.0f} / {p95:.0f} ({mark})"
+
+    header = [
         f"Interaction latency, input event -> new map visible, p50 / p95 over {reps} repetitions (ms); "
         f"CPU: {cpu_description()}, browser and server on the same cores{speed}",
         "",
-        "| interaction | " + " | ".join(all_results) + " | target (p95) |",
-        "|---|" + "---|" * len(all_results) + "---|",
     ]
-    for name, target in TARGETS_MS.items():
-        cells = []
-        for results in all_results.values():
-            values = results.get(name)
-            if not values:
-                cells.append("n/a")
-                continue
-            p95 = percentile(values, 0.95)
-            mark = "met" if p95 <= target else "not met"
-            cells.append(f"{statistics.median(values):.0f} / {p95:.0f} ({mark})")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | <= {target} |")
-    return "\n".join(lines)
+    return "\n".join(header + markdown_rows(all_results, cell, target=True))
 
 
 def median_seen(values: list[float]) -> float:
@@ -483,22 +497,12 @@ def phase_table(all_where: dict[str, dict[str, list[tuple[float, float, float]]]
     """Where each interaction's time went, medians (ms): the browser until it sent the rerun request, the
     server until the run's end reached the page, the browser from there until the new map was shown
     (negative: shown before the run's end arrived, e.g. while the last elements were still coming)."""
-    lines = [
-        "Where the time goes, medians (ms): " + " + ".join(PHASES),
-        "",
-        "| interaction | " + " | ".join(all_where) + " |",
-        "|---|" + "---|" * len(all_where),
-    ]
-    for name in TARGETS_MS:
-        cells = []
-        for where in all_where.values():
-            rows = where.get(name)
-            if not rows:
-                cells.append("n/a")
-                continue
-            cells.append(" + ".join(f"{median_seen([r[i] for r in rows]):.0f}" for i in range(3)))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+
+    def cell(_name: str, rows: list[tuple[float, float, float]]) -> str:
+        return " + ".join(f"{median_seen([r[i] for r in rows]):.0f}" for i in range(3))
+
+    header = ["Where the time goes, medians (ms): " + " + ".join(PHASES), ""]
+    return "\n".join(header + markdown_rows(all_where, cell, target=False))
 
 
 def main(argv: list[str] | None = None) -> int:
