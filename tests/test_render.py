@@ -73,7 +73,8 @@ def blend_of_the_anchors(values: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_colormap_is_the_blend_of_the_two_nearest_anchors(dtype):
     rng = np.random.default_rng(3)
-    values = rng.random((97, 131)).astype(dtype)
+    values = rng.random((197, 131)).astype(dtype)  # 25,807 values: one whole block and a part (BLOCK)
+    assert render.BLOCK < values.size < 2 * render.BLOCK
     values.flat[:1001] = np.linspace(0.0, 1.0, 1001)  # every anchor and the halves between (rint's ties)
     values.flat[1001:1005] = [np.nan, -3.0, 7.0, 1.0]
     np.testing.assert_array_equal(render.colormap(values), blend_of_the_anchors(values))
@@ -102,3 +103,21 @@ def test_the_smooth_map_is_pillows_two_resizes():
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * float(want.max()), err_msg=str(g))
     m[0, 0] = np.nan
     np.testing.assert_array_equal(render.upsample(m, g), pillow_upsample(m, g))
+
+
+def test_the_overlay_blends_the_photo_and_the_map_pixel_by_pixel():
+    """overlay works BLOCK pixels at a time: the same picture as blending the whole photo at once,
+    rint(photo * (1 - alpha) + colour * alpha) in float32, for photos of less than one block to several."""
+    rng, nrng = random.Random(8), np.random.default_rng(8)
+    sizes = [(7, 5), (128, 128), (330, 440), (801, 601)]  # 35 px; exactly one block; 8.9 and 29.4 blocks
+    for orig_w, orig_h in sizes:
+        g = Geometry(orig_h, orig_w, 1066, 800, 34, 25, 32)
+        m = nrng.random((g.feat_h, g.feat_w)).astype(np.float32)
+        photo = Image.fromarray(nrng.integers(0, 256, (orig_h, orig_w, 3), dtype=np.uint8), "RGB")
+        alpha = rng.choice([0.55, 0.3])
+        up = render.upsample(m, g)
+        colors = render.colormap((up - up.min()) / (up.max() - up.min())).astype(np.float32)
+        want = np.rint(np.asarray(photo, dtype=np.float32) * (1 - alpha) + colors * alpha).astype(np.uint8)
+        got = render.overlay(photo, m, g, alpha)
+        assert got.size == (orig_w, orig_h) and got.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(got), want, err_msg=str((orig_w, orig_h)))
