@@ -4,7 +4,7 @@ in the official notebook, and a large view of one detection with raw attention o
 import streamlit as st
 
 from detr_core.analysis import stats
-from detr_core.io.render import draw_boxes
+from detr_core.io.render import draw_boxes, grid
 from ui import caches, compute, downloads, figures, frame, sidebar, state, touch, view, viewport
 
 PLOT_KEY = "plot_decoder"
@@ -70,27 +70,23 @@ def render() -> None:
     last = str(analysis.dec_layers)
     size = thumb.size
     shown = detections[:PANELS]
-    tiles = []
-    for start in range(0, len(shown), PER_ROW):
-        cols = st.columns(PER_ROW)
-        for col, det in zip(cols, shown[start : start + PER_ROW], strict=False):
-            title = f"query id: {det.query} · {det.class_name}"
-            heat = compute.picture(
-                ("decoder heat", view.key, det.query, last, "mean", size),
-                lambda det=det: compute.heatmap_image(
-                    compute.query_map(view.key, analysis, det.query, last, "mean"), thumb_geometry
-                ),
-            )
-            col.image(heat, caption=title, width="stretch")
-            boxed = _boxed(view, thumb, det)
-            col.image(boxed, caption=f"{det.class_name}: {det.score:.2f}", width="stretch")
-            tiles += [(heat, title), (boxed, f"{det.class_name}: {det.score:.2f}")]
+    per_row = PER_ROW if viewport.known_width() >= viewport.STACKED_BELOW else 2  # a phone: two a row
+    figure = compute.picture(
+        ("decoder panels", view.key, tuple(d.query for d in shown), size, per_row),
+        lambda: _panels(view, shown, thumb, thumb_geometry, last, per_row),
+    )
+    st.image(
+        figure,
+        caption="Each detection's query: its cross-attention, its box under it · "
+        + " · ".join(f"query id: {d.query} · {d.class_name} ({d.score:.2f})" for d in shown),
+        width="content",  # its own size (a few detections are not blown up), at most the page's width
+    )
     if len(detections) > PANELS:
         st.caption(f"{len(detections) - PANELS} more detections: pick them below.")
     stem = (view.image_label.rsplit(".", 1)[0] or "image").replace(" ", "_")
     st.download_button(
-        "Row of maps PNG", data=lambda: downloads.grid_png(tiles, 2 * min(len(shown), PER_ROW // 2) or 2),
-        file_name=f"{stem}_decoder_maps.png", mime="image/png", on_click="ignore", key="dec_row_png",
+        "Row of maps PNG", data=lambda: downloads.png(figure), file_name=f"{stem}_decoder_maps.png",
+        mime="image/png", on_click="ignore", key="dec_row_png",
     )  # fmt: skip
     _all_relevance(view, detections, thumb, thumb_geometry, stem)
 
@@ -195,6 +191,27 @@ def _explore_body() -> None:
             config={"displayModeBar": False},
         )
         st.caption("Click a box's centre marker, or pick from the list: the view beside shows the picked detection.")
+
+
+def _panels(view, shown, thumb, thumb_geometry, last: str, per_row: int):
+    """The panels as one picture (`detr_core.io.render.grid`; one image to send and show instead of two
+    per detection): `per_row` detections a row, each query's map (last layer, mean over heads) above
+    the photo with its box."""
+    maps, boxes = [], []
+    for det in shown:
+        heat = compute.picture(
+            ("decoder heat", view.key, det.query, last, "mean", thumb.size),
+            lambda det=det: compute.heatmap_image(
+                compute.query_map(view.key, view.analysis, det.query, last, "mean"), thumb_geometry
+            ),
+        )
+        maps.append((heat, f"query id: {det.query} · {det.class_name}"))
+        boxes.append((_boxed(view, thumb, det), f"{det.class_name}: {det.score:.2f}"))
+    tiles, rows = [], []
+    for start in range(0, len(shown), per_row):
+        tiles += maps[start : start + per_row] + boxes[start : start + per_row]
+        rows += [len(maps[start : start + per_row])] * 2
+    return grid(tiles, rows, caption_px=downloads.CAPTION_PX, pad=downloads.PAD)
 
 
 def _boxed(view, thumb, det):

@@ -2,8 +2,9 @@
 at it), per layer and head, for up to four points side by side as in the DETR paper's figure."""
 
 import streamlit as st
+from PIL import Image
 
-from detr_core.io.render import color_of, draw_cell
+from detr_core.io.render import color_of, draw_cell, grid
 from ui import caches, compute, downloads, figures, frame, sidebar, state, touch, view, viewport
 
 PLOT_KEY = "plot_encoder"
@@ -13,6 +14,7 @@ GRID = "all heads (grid)"
 FOUR_KEY = "p_enc_four_direction"  # the four-point figure's own direction (default: the notebook's)
 FIGURE_KEY = "_enc_figure"  # this session's clickable photo (state.kept)
 GENERATION_KEY = "_enc_figure_generation"  # raised by a reset: the clickable photo becomes a new chart
+FIGURE_PX = 1440  # the four-point figure's widest (Streamlit resizes and re-encodes any picture over 1460 px)
 
 
 def parse_points(text: str) -> list[tuple[float, float]]:
@@ -250,8 +252,11 @@ def _explore_body() -> None:
 
 
 def _four_points(view, points, layer: str, map_head: str, wide: bool) -> None:
-    """The paper's figure: the photo with the points, and each point's map, in the figure's own direction."""
-    analysis = view.analysis
+    """The paper's figure: the photo with the points, and each point's map, in the figure's own direction,
+    as one picture (`detr_core.io.render.grid`; one image to send and show instead of five in columns): two maps, the
+    photo twice their size, two maps in a row; on a phone the photo above the maps two a row; a
+    panorama's photo above its maps one or two a row."""
+    analysis, geometry = view.analysis, view.geometry
     st.subheader("Four points, as in the paper's figure")
     state.keep_valid(FOUR_KEY, list(DIRECTIONS), "looked_at")
     st.session_state.setdefault(FOUR_KEY, "looked_at")
@@ -262,35 +267,55 @@ def _four_points(view, points, layer: str, map_head: str, wide: bool) -> None:
     results = [compute.cell_result(view.key, analysis, x, y, layer, map_head, direction) for x, y in points]
     default = " (the notebook's: `sattn[..., y, x]`)" if direction == "looked_at" else ""
     st.caption(f"{DIRECTIONS[direction]}{default} · layer {layer} · head {map_head} · each point's cell outlined")
-    thumb = view.display_image(320 if not wide else 900)
-    tg = view.display_geometry(thumb)
-    marked_photo = thumb
+
+    main = viewport.known_width()
+    phone = main < viewport.STACKED_BELOW
+    if wide:  # the photo on its own row, the maps one or two a row: each stays tall enough to read
+        per_map_row = 1 if geometry.orig_w > 3 * geometry.orig_h else 2
+        map_w = (FIGURE_PX - (per_map_row + 1) * downloads.PAD) // per_map_row
+        photo_w = FIGURE_PX - 2 * downloads.PAD
+    else:  # a phone: photo, then two maps a row; else two maps, the photo (two maps wide), two maps
+        per_map_row = 2
+        units = 2 if phone or len(results) < 2 else 6
+        map_w = (min(FIGURE_PX, 2 * main) - (units + 1) * downloads.PAD) // units
+        photo_w = 2 * map_w + downloads.PAD
+    thumb, photo = view.display_image(_side(geometry, map_w)), _photo_at(view, photo_w)
+    tg, pg = view.display_geometry(thumb), view.display_geometry(photo)
+    marked = photo
     for i, result in enumerate(results):
-        marked_photo = draw_cell(marked_photo, tg, result.row, result.col, color=color_of(i))
+        marked = draw_cell(marked, pg, result.row, result.col, color=color_of(i))
     tiles = []
     for i, result in enumerate(results):
         pic = draw_cell(compute.encoder_picture(result, layer, tg), tg, result.row, result.col, color=color_of(i))
         tiles.append((pic, f"{i + 1} ({COLOUR_NAMES[i]}): cell ({result.row}, {result.col})"))
-    photo_tile = (marked_photo, "the points' cells, outlined in their colours")
-    if wide:  # the photo on its own row, the maps one or two a row: each stays tall enough to read
-        st.image(photo_tile[0], caption=photo_tile[1], width="stretch")
-        per_map_row = 1 if view.geometry.orig_w > 3 * view.geometry.orig_h else 2
-        for start in range(0, len(tiles), per_map_row):
-            cols = st.columns(per_map_row)
-            for col, (pic, caption) in zip(cols, tiles[start : start + per_map_row], strict=False):
-                col.image(pic, caption=caption, width="stretch")
-        ordered, per_row = [photo_tile, *tiles], 1
+    photo_tile = (marked, "the points' cells, outlined in their colours")
+    if wide or phone or len(tiles) < 2:
+        ordered = [photo_tile, *tiles]
+        rows = [1, *(min(per_map_row, len(tiles) - i) for i in range(0, len(tiles), per_map_row))]
     else:
-        slots = st.columns([1, 1, 2, 1, 1]) if len(tiles) > 1 else st.columns([2, 1])
-        ordered = [*tiles[:2], photo_tile, *tiles[2:]] if len(tiles) > 1 else [photo_tile, *tiles]
-        for col, (pic, caption) in zip(slots, ordered, strict=False):
-            col.image(pic, caption=caption, width="stretch")
-        per_row = len(ordered)
+        ordered, rows = [*tiles[:2], photo_tile, *tiles[2:]], [len(tiles) + 1]
+    figure = grid(ordered, rows, caption_px=downloads.CAPTION_PX, pad=downloads.PAD)
+    cells = " · ".join(caption for _, caption in tiles)
+    st.image(figure, caption=f"{cells} · the photo: {photo_tile[1]}", width="stretch")
     stem = f"{_stem(view)}_encoder_four_points_layer-{layer}_head-{map_head}_{direction}"
     st.download_button(
-        "Figure PNG", data=lambda: downloads.grid_png(ordered, per_row), file_name=f"{stem}.png",
+        "Figure PNG", data=lambda: downloads.png(figure), file_name=f"{stem}.png",
         mime="image/png", on_click="ignore", key="enc_four_png",
     )  # fmt: skip
+
+
+def _side(geometry, width: int) -> int:
+    """The longest side of the photo shown `width` px wide (for `View.display_image`)."""
+    return max(16, round(width * max(geometry.orig_w, geometry.orig_h) / geometry.orig_w))
+
+
+def _photo_at(view, width: int):
+    """The photo `width` px wide: reduced, or enlarged when it is smaller (a 256 px synthetic scene)."""
+    photo = view.display_image(_side(view.geometry, width))
+    if photo.width >= width:
+        return photo
+    size = (width, max(1, round(photo.height * width / photo.width)))
+    return compute.picture(("enlarged photo", view.image_hash, size), lambda: photo.resize(size, Image.LANCZOS))
 
 
 frame.page_main(render, "the Encoder attention page")

@@ -241,9 +241,9 @@ def test_decoder_page_shows_one_panel_per_detection_and_the_picked_one(shapes_mo
     expected = expected_detections(shapes_model, scene, threshold)
     switch(at, "decoder")
     no_problems(at)
-    captions = [c for img in at.image for c in img.captions]
-    for det in expected[:8]:
-        assert f"query id: {det.query} · {det.class_name}" in captions
+    captions = " ".join(c for img in at.image for c in img.captions)
+    for det in expected[:8]:  # the panels: one picture, its caption naming each detection's query
+        assert f"query id: {det.query} · {det.class_name} ({det.score:.2f})" in captions
     picked = expected[-1]
     at.selectbox(key="p_dec_pick").set_value(picked.query).run()
     no_problems(at)

@@ -121,3 +121,37 @@ def test_the_overlay_blends_the_photo_and_the_map_pixel_by_pixel():
         got = render.overlay(photo, m, g, alpha)
         assert got.size == (orig_w, orig_h) and got.mode == "RGB"
         np.testing.assert_array_equal(np.asarray(got), want, err_msg=str((orig_w, orig_h)))
+
+
+def test_grid_lays_the_tiles_out_in_rows_with_their_captions_under_them():
+    """render.grid (the four-point figure, the decoder's panels, their PNGs): each tile pasted unchanged in
+    its row (rows centred), its caption wrapped to its width right under it; the rows asked for."""
+    from PIL import ImageChops
+
+    colours = ["red", "blue", "green", "orange", "purple"]
+    tiles = [(Image.new("RGB", (40 + 20 * i, 30 + 10 * i), c), f"tile {i} " * (1 + 3 * (i == 2))) for i, c in
+             enumerate(colours)]  # fmt: skip
+    pad = 12
+    out = render.grid(tiles, [1, 2, 2], caption_px=16, pad=pad)
+    # row 1: tile 0 centred; row 2: tiles 1, 2; row 3: tiles 3, 4
+    widths = [40, 60 + pad + 80, 100 + pad + 120]
+    assert out.width == 2 * pad + max(widths)
+    pixels = np.asarray(out)
+    for i, (tile, _) in enumerate(tiles):
+        found = np.argwhere((pixels == np.asarray(tile)[0, 0]).all(-1))
+        (y0, x0), (y1, x1) = found.min(0), found.max(0)
+        assert (x1 - x0 + 1, y1 - y0 + 1) == tile.size, i  # pasted whole, not resized
+        crop = out.crop((x0, y0, x1 + 1, y1 + 1))
+        assert ImageChops.difference(crop, tile).getbbox() is None
+        under = np.asarray(out.crop((x0, y1 + 1, x0 + tile.width, y1 + 1 + 3 * 20)).convert("L"))
+        assert (under < 128).any(), f"no caption under tile {i}"
+        if i == 2:  # the last of its row, with a long caption: wrapped, nothing right of the tile
+            beside = np.asarray(out.crop((x1 + 1, y0, out.width, y1 + 1 + 2 * 20)).convert("L"))  # its first lines
+            assert (beside > 250).all()
+    x_first = np.argwhere((pixels == (255, 0, 0)).all(-1))[:, 1].min()
+    assert x_first == pad + (max(widths) - 40) // 2  # the one-tile row is centred
+    with pytest.raises(ValueError, match="hold 4"):
+        render.grid(tiles, [2, 2])
+    with pytest.raises(ValueError, match="no tiles"):
+        render.grid([], 3)
+    assert render.grid(tiles, 2).size == render.grid(tiles, [2, 2, 1]).size

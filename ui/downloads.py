@@ -12,7 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import streamlit as st
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
+
+from detr_core.io import render
 
 PAD = 12  # px between tiles and around the figure
 CAPTION_PX = 16  # caption font size
@@ -24,28 +26,9 @@ def png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def grid_png(tiles: Sequence[tuple[Image.Image, str]], per_row: int) -> bytes:
-    """Tiles (picture, caption) left to right, `per_row` a row, each caption under its picture, on white."""
-    if not tiles:
-        raise ValueError("no tiles")
-    font = ImageFont.load_default(size=CAPTION_PX)
-    per_row = max(1, min(per_row, len(tiles)))
-    rows = [tiles[i : i + per_row] for i in range(0, len(tiles), per_row)]
-    col_w = max(t.width for t, _ in tiles)
-    line_h = CAPTION_PX + 8
-    row_hs = [max(t.height for t, _ in row) + line_h for row in rows]
-    width = PAD + per_row * (col_w + PAD)
-    height = PAD + sum(h + PAD for h in row_hs)
-    out = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(out)
-    y = PAD
-    for row, row_h in zip(rows, row_hs, strict=True):
-        for i, (tile, caption) in enumerate(row):
-            x = PAD + i * (col_w + PAD) + (col_w - tile.width) // 2
-            out.paste(tile.convert("RGB"), (x, y))
-            draw.text((PAD + i * (col_w + PAD), y + tile.height + 4), caption, fill=(40, 40, 40), font=font)
-        y += row_h + PAD
-    return png(out)
+def grid_png(tiles: Sequence[tuple[Image.Image, str]], per_row: int | Sequence[int]) -> bytes:
+    """Tiles (picture, caption) composed into one figure (`render.grid`), as PNG."""
+    return png(render.grid(tiles, per_row, caption_px=CAPTION_PX, pad=PAD))
 
 
 def npy(array) -> bytes:

@@ -3,6 +3,7 @@ colormap into an RGB overlay, and boxes with "class: score" labels in the notebo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -13,7 +14,7 @@ from torch import Tensor
 from .image import Geometry
 from .postprocess import COLORS, Detection
 
-__all__ = ["VIRIDIS", "color_of", "colormap", "draw_boxes", "draw_cell", "heatmap", "overlay", "upsample"]
+__all__ = ["VIRIDIS", "color_of", "colormap", "draw_boxes", "draw_cell", "grid", "heatmap", "overlay", "upsample"]
 
 # Anchor colours of the perceptually uniform "viridis" colormap, from 0 to 1.
 VIRIDIS = np.array(
@@ -83,7 +84,7 @@ def upsample(attention: Tensor | np.ndarray, geometry: Geometry, smooth: bool = 
     if smooth and np.isfinite(m).all():  # a NaN would reach every pixel of its row through a product
         rows = _resampling(g.feat_h, g.stride, g.input_h, g.orig_h)  # [orig_h, h]
         cols = _resampling(g.feat_w, g.stride, g.input_w, g.orig_w)  # [orig_w, w]
-        return (rows @ torch.from_numpy(m).double() @ cols.T).float().numpy()
+        return (rows @ torch.tensor(m, dtype=torch.float64) @ cols.T).float().numpy()
     resample = Image.BILINEAR if smooth else Image.NEAREST
     img = Image.fromarray(m, mode="F").resize((g.feat_w * g.stride, g.feat_h * g.stride), resample)  # input px
     img = img.crop((0, 0, g.input_w, g.input_h)).resize((g.orig_w, g.orig_h), resample)  # original px
@@ -184,3 +185,58 @@ def draw_cell(image: Image.Image, geometry: Geometry, row: int, col: int, color=
     )
     ImageDraw.Draw(out).rectangle((x0, y0, x1, y1), outline=color, width=max(2, round(min(out.size) / 250)))
     return out
+
+
+def grid(
+    tiles: Sequence[tuple[Image.Image, str]], per_row: int | Sequence[int], caption_px: int = 16, pad: int = 12
+) -> Image.Image:
+    """Tiles (picture, caption) as one figure on white: rows left to right, each row centred, each caption
+    right under its picture and wrapped to its width. `per_row`: tiles per row, or each row's count in order
+    (e.g. [1, 2, 2]: one tile, then two rows of two). Pictures keep their sizes."""
+    if not tiles:
+        raise ValueError("no tiles")
+    if isinstance(per_row, int):
+        step = max(1, per_row)
+        counts = [min(step, len(tiles) - i) for i in range(0, len(tiles), step)]
+    else:
+        counts = [n for n in per_row if n > 0]
+        if sum(counts) != len(tiles):
+            raise ValueError(f"rows of {list(per_row)} tiles hold {sum(counts)}, not the {len(tiles)} given")
+    font = ImageFont.load_default(size=caption_px)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = caption_px + 4
+    rows, start = [], 0
+    for n in counts:
+        rows.append(
+            [(tile, _wrapped(caption, tile.width, font, measure)) for tile, caption in tiles[start : start + n]]
+        )
+        start += n
+    widths = [sum(tile.width for tile, _ in row) + pad * (len(row) - 1) for row in rows]
+    picture_hs = [max(tile.height for tile, _ in row) for row in rows]
+    caption_hs = [max(len(lines) for _, lines in row) * line_h for row in rows]
+    out = Image.new(
+        "RGB", (2 * pad + max(widths), pad + sum(p + c + 4 + pad for p, c in zip(picture_hs, caption_hs))), "white"
+    )
+    draw = ImageDraw.Draw(out)
+    y = pad
+    for row, width, picture_h, caption_h in zip(rows, widths, picture_hs, caption_hs, strict=True):
+        x = pad + (max(widths) - width) // 2
+        for tile, lines in row:
+            top = y + (picture_h - tile.height) // 2  # centred in its row, its caption right under it
+            out.paste(tile.convert("RGB"), (x, top))
+            for k, line in enumerate(lines):
+                draw.text((x, top + tile.height + 4 + k * line_h), line, fill=(40, 40, 40), font=font)
+            x += tile.width + pad
+        y += picture_h + caption_h + 4 + pad
+    return out
+
+
+def _wrapped(text: str, width: int, font, draw: ImageDraw.ImageDraw) -> list[str]:
+    """`text` in lines of at most `width` px (by words; a word longer than that gets a line of its own)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
