@@ -30,8 +30,10 @@ how fast that CPU was before and after (`machine.python_loop_ms`: a shared host'
 loop 2-3x slower on a bad spell, and every row then moves with it); then where each interaction's time
 went (medians): the browser until it sent the rerun request, the server until the run's end
 (`script_finished`) reached the page, the browser from there until the map was shown, from a trace
-of the page's WebSocket messages. Targets (issue #15): encoder and decoder interactions p95 <= 250 ms,
-a page switch with a cached analysis <= 1 s, a threshold change <= 500 ms.
+of the page's WebSocket messages; then the CPU each interaction took (means, from /proc): the server
+process and Chromium's processes, and half their sum, the least time two cores need for that work;
+and what the benchmark's own polling costs Chromium. Targets (issue #15): encoder and decoder
+interactions p95 <= 250 ms, a page switch with a cached analysis <= 1 s, a threshold change <= 500 ms.
 
 The column "Streamlit alone" (`--models floor`) runs benchmarks/floor_app.py: the same widgets and the
 same clickable photo, doing nothing else; its times are the floor of a fragment's rerun on this machine.
@@ -42,7 +44,9 @@ Browser and server share the machine's cores, as on a laptop.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import random
 import statistics
 import sys
@@ -134,14 +138,41 @@ def wait_idle(page) -> None:
 
 PHASES = ("browser: input -> request sent", "server: request -> run finished", "browser: run finished -> shown")
 _phases: list[tuple[float, float, float]] = []  # of the timings since `measure` began
+_cpu: list[tuple[float, float]] = []  # (server, Chromium) CPU ms of each timing since `measure` began
+SERVER_PID: list[int] = []  # the dashboard's (or floor app's) server process while it is measured
+TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ms() -> tuple[float, dict[int, float]]:
+    """CPU time (user + system, ms) used so far by the server process and by each Chromium process
+    (by pid), from /proc (clock ticks: 10 ms each, so one timing's share is coarse, a mean over many is not)."""
+
+    def used(pid: int) -> tuple[str, float] | None:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None  # gone
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        return name, (int(fields[11]) + int(fields[12])) * TICK_MS  # utime, stime
+
+    server = used(SERVER_PID[-1]) if SERVER_PID else None
+    browser = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (seen := used(int(entry.name))) and seen[0].startswith("chrom"):
+            browser[int(entry.name)] = seen[1]
+    return (server[1] if server else float("nan")), browser
 
 
 def timed(action: Callable[[], None], page, want: list[str]) -> float:
     """ms from the input event `action` makes (its first pointerdown, mousedown or keydown, on the page's
     own clock) to `want` being shown; also notes where that time went (`phases`, from TRACE_JS)."""
     page.evaluate("() => { const t = window.__trace; t.sent = []; t.got = []; t.input = null; window.__armed = true; }")
+    server_before, browser_before = cpu_ms()
     action()
     shown = wait_shown(page, want)
+    server_after, browser_after = cpu_ms()
+    browser_used = sum(browser_after[pid] - used for pid, used in browser_before.items() if pid in browser_after)
+    _cpu.append((server_after - server_before, browser_used))
     for _ in range(100):  # the run's end may come after the map is shown: wait for it (at most ~5 s)
         trace = page.evaluate("() => window.__trace")
         where = phases(trace, shown)
@@ -321,18 +352,23 @@ class Recorder:
         self.reps = reps
         self.results: dict[str, list[float]] = {}
         self.where: dict[str, list[tuple[float, float, float]]] = {}
+        self.cpu: dict[str, list[tuple[float, float]]] = {}
+        self.polling: tuple[float, float] | None = None  # `polling_cost`, where measured
 
     def record(self, name: str, fn: Callable[[], float]) -> None:
-        self.results[name], self.where[name] = measure(fn, self.reps)
+        self.results[name], self.where[name], self.cpu[name] = measure(fn, self.reps)
 
 
-def measure(fn: Callable[[], float], reps: int) -> tuple[list[float], list[tuple[float, float, float]]]:
+def measure(
+    fn: Callable[[], float], reps: int
+) -> tuple[list[float], list[tuple[float, float, float]], list[tuple[float, float]]]:
     """`reps` timings of `fn` after one to warm up (the first of each kind fills caches and the browser's
-    image cache), and where each one's time went (`phases`)."""
+    image cache), where each one's time went (`phases`) and the CPU it took (server, Chromium; `cpu_ms`)."""
     fn()
     _phases.clear()
+    _cpu.clear()
     values = [fn() for _ in range(reps)]
-    return values, list(_phases)
+    return values, list(_phases), list(_cpu)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -386,7 +422,8 @@ def reference(model_name: str, checkpoint: Path | None, data: bytes):
 # ------------------------------------------------------------------------------------------------
 
 
-def run_model(browser, server, model: str, reps: int, workdir: Path, checkpoint: Path | None) -> tuple[dict, dict]:
+def run_model(browser, server, model: str, reps: int, workdir: Path, checkpoint: Path | None) -> Recorder:
+    SERVER_PID[:] = [server.proc.pid]
     context, page = traced_page(browser)
     if checkpoint is None:
         from ui.caches import scene_png
@@ -429,10 +466,10 @@ def run_model(browser, server, model: str, reps: int, workdir: Path, checkpoint:
         )
         record("decoder: change head", session.encoder_option("Head", heads, lambda o: f", head {o}"))
     context.close()
-    return recorder.results, recorder.where
+    return recorder
 
 
-def run_floor(browser, server, reps: int) -> tuple[dict[str, list[float]], dict[str, list]]:
+def run_floor(browser, server, reps: int) -> Recorder:
     """The same encoder and decoder interactions on benchmarks/floor_app.py: what Streamlit and the browser
     spend on a fragment's rerun with these widgets and this clickable photo, doing nothing else."""
     from types import SimpleNamespace
@@ -440,6 +477,7 @@ def run_floor(browser, server, reps: int) -> tuple[dict[str, list[float]], dict[
     sys.path.insert(0, str(REPO / "benchmarks"))
     from floor_app import DIRECTIONS, GEOMETRY, QUERIES
 
+    SERVER_PID[:] = [server.proc.pid]
     context, page = traced_page(browser)
     page.goto(server.url)
     wait_shown(page, ["Selected cell:"])
@@ -455,8 +493,9 @@ def run_floor(browser, server, reps: int) -> tuple[dict[str, list[float]], dict[
     ]:
         recorder.record(name, session.encoder_option(label, options, shown))
     recorder.record("decoder: pick a detection", session.decoder_pick)
+    recorder.polling = polling_cost(page)
     context.close()
-    return recorder.results, recorder.where
+    return recorder
 
 
 def markdown_rows(columns: dict[str, dict], cell: Callable[[str, list], str], target: bool) -> list[str]:
@@ -505,6 +544,36 @@ def phase_table(all_where: dict[str, dict[str, list[tuple[float, float, float]]]
     return "\n".join(header + markdown_rows(all_where, cell, target=False))
 
 
+def polling_cost(page, seconds: float = 2.0) -> tuple[float, float]:
+    """Chromium's CPU (ms per second) on an idle page, and while the benchmark polls it every animation
+    frame for a caption that never comes (`wait_shown`'s own cost, inside every timing's Chromium CPU)."""
+
+    def browser_ms() -> float:
+        return sum(cpu_ms()[1].values())
+
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    start = browser_ms()
+    page.wait_for_timeout(seconds * 1000)
+    idle = browser_ms()
+    with contextlib.suppress(PlaywrightTimeout):
+        page.wait_for_function(SHOWN_JS, arg=["a caption no page shows"], timeout=seconds * 1000, polling="raf")
+    return (idle - start) / seconds, (browser_ms() - idle) / seconds
+
+
+def cpu_table(all_cpu: dict[str, dict[str, list[tuple[float, float]]]]) -> str:
+    """The CPU each interaction took, means (ms): the server process, Chromium's processes, and half
+    their sum: with two cores, the least time in which that work can be done even if it all ran in
+    parallel."""
+
+    def cell(_name: str, rows: list[tuple[float, float]]) -> str:
+        server, browser = (statistics.fmean(r[i] for r in rows) for i in range(2))
+        return f"{server:.0f} + {browser:.0f} (/ 2 = {(server + browser) / 2:.0f})"
+
+    header = ["CPU per interaction, means (ms): server + Chromium (/ 2 cores = the least time it can take)", ""]
+    return "\n".join(header + markdown_rows(all_cpu, cell, target=False))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=20)
@@ -518,8 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from playwright.sync_api import sync_playwright
 
-    all_results: dict[str, dict[str, list[float]]] = {}
-    all_where: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
+    recorders: dict[str, Recorder] = {}
     models = [m for m in args.models if m != FLOOR]
     before_ms = python_loop_ms()
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
@@ -535,26 +603,33 @@ def main(argv: list[str] | None = None) -> int:
                 for model in models:
                     ckpt = checkpoint if model == "detr_resnet50" else None
                     label = f"{model} (random weights, 800x1066)" if ckpt else model
-                    all_results[label], all_where[label] = run_model(browser, server, model if not ckpt else R50_NAME,
-                                                                     args.reps, workdir, ckpt)  # fmt: skip
-                    print(table({label: all_results[label]}, args.reps), file=sys.stderr, flush=True)
+                    recorders[label] = run_model(browser, server, model if not ckpt else R50_NAME, args.reps, workdir,
+                                                 ckpt)  # fmt: skip
+                    print(table({label: recorders[label].results}, args.reps), file=sys.stderr, flush=True)
             finally:
                 server.stop()
         if FLOOR in args.models:
             server = StreamlitServer(workdir / "floor.log", script="benchmarks/floor_app.py").start()
             try:
-                all_results[FLOOR_LABEL], all_where[FLOOR_LABEL] = run_floor(browser, server, args.reps)
+                recorders[FLOOR_LABEL] = run_floor(browser, server, args.reps)
             finally:
                 server.stop()
         browser.close()
     after_ms = python_loop_ms()
     speed = f"; a fixed Python loop took {before_ms:.0f} ms before and {after_ms:.0f} ms after (machine.python_loop_ms)"
-    text = table(all_results, args.reps, speed) + "\n\n" + phase_table(all_where)
+    columns = {label: r.results for label, r in recorders.items()}
+    where = {label: r.where for label, r in recorders.items()}
+    cpu = {label: r.cpu for label, r in recorders.items()}
+    text = "\n\n".join([table(columns, args.reps, speed), phase_table(where), cpu_table(cpu)])
+    for label, r in recorders.items():
+        if r.polling is not None:
+            text += (f"\n\nChromium's CPU on the idle {label} page: {r.polling[0]:.0f} ms/s; while the benchmark polls "
+                     f"it every frame (inside each timing above): {r.polling[1]:.0f} ms/s")  # fmt: skip
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
     if args.json:
-        args.json.write_text(json.dumps({"timings": all_results, "phases": all_where}, indent=1))
+        args.json.write_text(json.dumps({"timings": columns, "phases": where, "cpu": cpu}, indent=1))
     return 0
 
 
