@@ -272,6 +272,7 @@ def go_to(page, title: str) -> None:
 class Session:
     def __init__(self, page, geometry, detections: list, reps: int):
         self.page, self.g, self.detections, self.reps = page, geometry, detections, reps
+        self.switched_to: list[str] = []  # the page each page switch went to, in order
         self.rng = random.Random(0)
 
     def encoder_click(self) -> float:
@@ -331,9 +332,21 @@ class Session:
 
         def one() -> float:
             title = next(cycle)
+            self.switched_to.append(title)
             return timed(lambda: go_to(self.page, title), self.page, [wants[title]])
 
         return one
+
+    def by_page(self, values: list[float], cpu: list[tuple[float, float]]) -> str:
+        """The page switch's timings split by the page switched to: its median ms and mean CPU ms."""
+        titles = self.switched_to[-len(values) :]
+        parts = []
+        for title in dict.fromkeys(titles):
+            picked = [i for i, t in enumerate(titles) if t == title]
+            server, browser = (statistics.fmean(cpu[i][j] for i in picked) for j in range(2))
+            ms = statistics.median(values[i] for i in picked)
+            parts.append(f"to {title} {ms:.0f} ms (CPU: server {server:.0f} + Chromium {browser:.0f})")
+        return "; ".join(parts)
 
 
 def traced_page(browser):
@@ -354,6 +367,7 @@ class Recorder:
         self.where: dict[str, list[tuple[float, float, float]]] = {}
         self.cpu: dict[str, list[tuple[float, float]]] = {}
         self.polling: tuple[float, float] | None = None  # `polling_cost`, where measured
+        self.notes: list[str] = []  # lines printed after the tables
 
     def record(self, name: str, fn: Callable[[], float]) -> None:
         self.results[name], self.where[name], self.cpu[name] = measure(fn, self.reps)
@@ -444,7 +458,10 @@ def run_model(browser, server, model: str, reps: int, workdir: Path, checkpoint:
     recorder = Recorder(reps)
     record = recorder.record
     record("threshold change", session.threshold([round(threshold - 0.01, 2), threshold]))
-    record("page switch (cached analysis)", session.page_switch())
+    switch = "page switch (cached analysis)"
+    record(switch, session.page_switch())
+    recorder.notes.append(f"{model}, {switch}, medians by page: " + session.by_page(recorder.results[switch],
+                                                                                     recorder.cpu[switch]))  # fmt: skip
     go_to(page, "Encoder attention")
     wait_shown(page, ["Selected cell:"])
     wait_idle(page)
@@ -622,6 +639,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu = {label: r.cpu for label, r in recorders.items()}
     text = "\n\n".join([table(columns, args.reps, speed), phase_table(where), cpu_table(cpu)])
     for label, r in recorders.items():
+        for note in r.notes:
+            text += "\n\n" + note
         if r.polling is not None:
             text += (f"\n\nChromium's CPU on the idle {label} page: {r.polling[0]:.0f} ms/s; while the benchmark polls "
                      f"it every frame (inside each timing above): {r.polling[1]:.0f} ms/s")  # fmt: skip
