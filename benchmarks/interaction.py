@@ -138,9 +138,16 @@ def wait_idle(page) -> None:
 
 PHASES = ("browser: input -> request sent", "server: request -> run finished", "browser: run finished -> shown")
 _phases: list[tuple[float, float, float]] = []  # of the timings since `measure` began
-_cpu: list[tuple[float, float]] = []  # (server, Chromium) CPU ms of each timing since `measure` began
+_cpu: list[tuple[float, float, float]] = []  # (server, Chromium, stolen) CPU ms of each timing since `measure` began
 SERVER_PID: list[int] = []  # the dashboard's (or floor app's) server process while it is measured
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def stolen_ms() -> float:
+    """CPU time the hypervisor has given to other machines while this one's cores wanted it ("steal" in
+    /proc/stat, summed over the cores), ms so far: on a shared host, the cause of a slow spell."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) * TICK_MS if len(fields) > 8 else float("nan")
 
 
 def cpu_ms() -> tuple[float, dict[int, float]]:
@@ -168,11 +175,12 @@ def timed(action: Callable[[], None], page, want: list[str]) -> float:
     own clock) to `want` being shown; also notes where that time went (`phases`, from TRACE_JS)."""
     page.evaluate("() => { const t = window.__trace; t.sent = []; t.got = []; t.input = null; window.__armed = true; }")
     server_before, browser_before = cpu_ms()
+    stolen_before = stolen_ms()
     action()
     shown = wait_shown(page, want)
     server_after, browser_after = cpu_ms()
     browser_used = sum(browser_after[pid] - used for pid, used in browser_before.items() if pid in browser_after)
-    _cpu.append((server_after - server_before, browser_used))
+    _cpu.append((server_after - server_before, browser_used, stolen_ms() - stolen_before))
     for _ in range(100):  # the run's end may come after the map is shown: wait for it (at most ~5 s)
         trace = page.evaluate("() => window.__trace")
         where = phases(trace, shown)
@@ -337,7 +345,7 @@ class Session:
 
         return one
 
-    def by_page(self, values: list[float], cpu: list[tuple[float, float]]) -> str:
+    def by_page(self, values: list[float], cpu: list[tuple[float, float, float]]) -> str:
         """The page switch's timings split by the page switched to: its median ms and mean CPU ms."""
         titles = self.switched_to[-len(values) :]
         parts = []
@@ -365,7 +373,7 @@ class Recorder:
         self.reps = reps
         self.results: dict[str, list[float]] = {}
         self.where: dict[str, list[tuple[float, float, float]]] = {}
-        self.cpu: dict[str, list[tuple[float, float]]] = {}
+        self.cpu: dict[str, list[tuple[float, float, float]]] = {}
         self.polling: tuple[float, float] | None = None  # `polling_cost`, where measured
         self.notes: list[str] = []  # lines printed after the tables
 
@@ -375,7 +383,7 @@ class Recorder:
 
 def measure(
     fn: Callable[[], float], reps: int
-) -> tuple[list[float], list[tuple[float, float, float]], list[tuple[float, float]]]:
+) -> tuple[list[float], list[tuple[float, float, float]], list[tuple[float, float, float]]]:
     """`reps` timings of `fn` after one to warm up (the first of each kind fills caches and the browser's
     image cache), where each one's time went (`phases`) and the CPU it took (server, Chromium; `cpu_ms`)."""
     fn()
@@ -578,16 +586,20 @@ def polling_cost(page, seconds: float = 2.0) -> tuple[float, float]:
     return (idle - start) / seconds, (browser_ms() - idle) / seconds
 
 
-def cpu_table(all_cpu: dict[str, dict[str, list[tuple[float, float]]]]) -> str:
+def cpu_table(all_cpu: dict[str, dict[str, list[tuple[float, float, float]]]]) -> str:
     """The CPU each interaction took, means (ms): the server process, Chromium's processes, and half
     their sum: with two cores, the least time in which that work can be done even if it all ran in
     parallel."""
 
-    def cell(_name: str, rows: list[tuple[float, float]]) -> str:
-        server, browser = (statistics.fmean(r[i] for r in rows) for i in range(2))
-        return f"{server:.0f} + {browser:.0f} (/ 2 = {(server + browser) / 2:.0f})"
+    def cell(_name: str, rows: list[tuple[float, float, float]]) -> str:
+        server, browser, stolen = (statistics.fmean(r[i] for r in rows) for i in range(3))
+        return f"{server:.0f} + {browser:.0f} (/ 2 = {(server + browser) / 2:.0f}; stolen {stolen:.0f})"
 
-    header = ["CPU per interaction, means (ms): server + Chromium (/ 2 cores = the least time it can take)", ""]
+    header = [
+        "CPU per interaction, means (ms): server + Chromium (/ 2 cores = the least time it can take; stolen: "
+        "CPU the hypervisor gave other machines meanwhile, /proc/stat)",
+        "",
+    ]
     return "\n".join(header + markdown_rows(all_cpu, cell, target=False))
 
 
