@@ -58,7 +58,7 @@ def render() -> None:
             "attention to show. Lower the threshold in the sidebar."
         )
         return
-    viewport.main_width()  # mounts the width reporter (the view below reads what it reported)
+    main = viewport.main_width()  # mounts the width reporter (the view below reads what it reported)
     touch.hover_on_tap()  # outside the fragment: sent once per whole run, not with every pick
 
     st.caption(
@@ -70,7 +70,7 @@ def render() -> None:
     last = str(analysis.dec_layers)
     size = thumb.size
     shown = detections[:PANELS]
-    per_row = PER_ROW if viewport.known_width() >= viewport.STACKED_BELOW else 2  # a phone: two a row
+    per_row = PER_ROW if main >= viewport.STACKED_BELOW else 2  # a phone: two a row
     figure = compute.picture(
         ("decoder panels", view.key, tuple(d.query for d in shown), size, per_row),
         lambda: _panels(view, shown, thumb, thumb_geometry, last, per_row),
@@ -211,7 +211,7 @@ def _panels(view, shown, thumb, thumb_geometry, last: str, per_row: int):
     for start in range(0, len(shown), per_row):
         tiles += maps[start : start + per_row] + boxes[start : start + per_row]
         rows += [len(maps[start : start + per_row])] * 2
-    return grid(tiles, rows, caption_px=downloads.CAPTION_PX, pad=downloads.PAD)
+    return grid(tiles, rows)
 
 
 def _boxed(view, thumb, det):

@@ -4,7 +4,7 @@ at it), per layer and head, for up to four points side by side as in the DETR pa
 import streamlit as st
 from PIL import Image
 
-from detr_core.io.render import color_of, draw_cell, grid
+from detr_core.io.render import PAD, color_of, draw_cell, grid
 from ui import caches, compute, downloads, figures, frame, sidebar, state, touch, view, viewport
 
 PLOT_KEY = "plot_encoder"
@@ -272,13 +272,13 @@ def _four_points(view, points, layer: str, map_head: str, wide: bool) -> None:
     phone = main < viewport.STACKED_BELOW
     if wide:  # the photo on its own row, the maps one or two a row: each stays tall enough to read
         per_map_row = 1 if geometry.orig_w > 3 * geometry.orig_h else 2
-        map_w = (FIGURE_PX - (per_map_row + 1) * downloads.PAD) // per_map_row
-        photo_w = FIGURE_PX - 2 * downloads.PAD
+        map_w = (FIGURE_PX - (per_map_row + 1) * PAD) // per_map_row
+        photo_w = FIGURE_PX - 2 * PAD
     else:  # a phone: photo, then two maps a row; else two maps, the photo (two maps wide), two maps
         per_map_row = 2
         units = 2 if phone or len(results) < 2 else 6
-        map_w = (min(FIGURE_PX, 2 * main) - (units + 1) * downloads.PAD) // units
-        photo_w = 2 * map_w + downloads.PAD
+        map_w = (min(FIGURE_PX, 2 * main) - (units + 1) * PAD) // units
+        photo_w = 2 * map_w + PAD
     thumb, photo = view.display_image(_side(geometry, map_w)), _photo_at(view, photo_w)
     tg, pg = view.display_geometry(thumb), view.display_geometry(photo)
     marked = photo
@@ -294,7 +294,7 @@ def _four_points(view, points, layer: str, map_head: str, wide: bool) -> None:
         rows = [1, *(min(per_map_row, len(tiles) - i) for i in range(0, len(tiles), per_map_row))]
     else:
         ordered, rows = [*tiles[:2], photo_tile, *tiles[2:]], [len(tiles) + 1]
-    figure = grid(ordered, rows, caption_px=downloads.CAPTION_PX, pad=downloads.PAD)
+    figure = grid(ordered, rows)
     cells = " · ".join(caption for _, caption in tiles)
     st.image(figure, caption=f"{cells} · the photo: {photo_tile[1]}", width="stretch")
     stem = f"{_stem(view)}_encoder_four_points_layer-{layer}_head-{map_head}_{direction}"

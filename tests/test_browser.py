@@ -591,7 +591,7 @@ def test_a_panorama_fills_its_figure_at_desktop_and_phone_width(browser, server,
         assert _band(page) <= 24
         # The four-point figure, one picture: the photo and each map on a row of their own (a panorama 6.7
         # times as wide as tall), each tile the figure's width less its margins, so each shows >= 100 px tall.
-        from ui.downloads import PAD
+        from detr_core.io.render import PAD
 
         caption = re.compile(r"^1 \(blue\): cell")
         figure = page.locator('[data-testid="stImage"]').filter(has_text=caption).locator("img")

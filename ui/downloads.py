@@ -16,9 +16,6 @@ from PIL import Image
 
 from detr_core.io import render
 
-PAD = 12  # px between tiles and around the figure
-CAPTION_PX = 16  # caption font size
-
 
 def png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
@@ -28,7 +25,7 @@ def png(image: Image.Image) -> bytes:
 
 def grid_png(tiles: Sequence[tuple[Image.Image, str]], per_row: int | Sequence[int]) -> bytes:
     """Tiles (picture, caption) composed into one figure (`render.grid`), as PNG."""
-    return png(render.grid(tiles, per_row, caption_px=CAPTION_PX, pad=PAD))
+    return png(render.grid(tiles, per_row))
 
 
 def npy(array) -> bytes:

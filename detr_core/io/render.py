@@ -14,7 +14,19 @@ from torch import Tensor
 from .image import Geometry
 from .postprocess import COLORS, Detection
 
-__all__ = ["VIRIDIS", "color_of", "colormap", "draw_boxes", "draw_cell", "grid", "heatmap", "overlay", "upsample"]
+__all__ = [
+    "CAPTION_PX",
+    "PAD",
+    "VIRIDIS",
+    "color_of",
+    "colormap",
+    "draw_boxes",
+    "draw_cell",
+    "grid",
+    "heatmap",
+    "overlay",
+    "upsample",
+]
 
 # Anchor colours of the perceptually uniform "viridis" colormap, from 0 to 1.
 VIRIDIS = np.array(
@@ -187,9 +199,14 @@ def draw_cell(image: Image.Image, geometry: Geometry, row: int, col: int, color=
     return out
 
 
+PAD = 12  # `grid`: px between tiles and around the figure
+CAPTION_PX = 16  # `grid`: caption font size
+
+
 def grid(
-    tiles: Sequence[tuple[Image.Image, str]], per_row: int | Sequence[int], caption_px: int = 16, pad: int = 12
-) -> Image.Image:
+    tiles: Sequence[tuple[Image.Image, str]], per_row: int | Sequence[int], caption_px: int = CAPTION_PX,
+    pad: int = PAD,
+) -> Image.Image:  # fmt: skip
     """Tiles (picture, caption) as one figure on white: rows left to right, each row centred, each caption
     right under its picture and wrapped to its width. `per_row`: tiles per row, or each row's count in order
     (e.g. [1, 2, 2]: one tile, then two rows of two). Pictures keep their sizes."""
@@ -212,15 +229,16 @@ def grid(
         )
         start += n
     widths = [sum(tile.width for tile, _ in row) + pad * (len(row) - 1) for row in rows]
+    widest = max(widths)
     picture_hs = [max(tile.height for tile, _ in row) for row in rows]
     caption_hs = [max(len(lines) for _, lines in row) * line_h for row in rows]
     out = Image.new(
-        "RGB", (2 * pad + max(widths), pad + sum(p + c + 4 + pad for p, c in zip(picture_hs, caption_hs))), "white"
+        "RGB", (2 * pad + widest, pad + sum(p + c + 4 + pad for p, c in zip(picture_hs, caption_hs))), "white"
     )
     draw = ImageDraw.Draw(out)
     y = pad
     for row, width, picture_h, caption_h in zip(rows, widths, picture_hs, caption_hs, strict=True):
-        x = pad + (max(widths) - width) // 2
+        x = pad + (widest - width) // 2
         for tile, lines in row:
             top = y + (picture_h - tile.height) // 2  # centred in its row, its caption right under it
             out.paste(tile.convert("RGB"), (x, top))
