@@ -150,8 +150,7 @@ def _explore_body() -> None:
         big = compute.picture(
             ("decoder overlay", view.key, query, *what, small.size),
             lambda: draw_boxes(
-                compute.overlay_image(small, amap, small_geometry),
-                [compute.scale_detection(det, small.width / geometry.orig_w)],
+                compute.overlay_image(small, amap, small_geometry), [det], scale=small.width / geometry.orig_w
             ),
         )
         st.image(big, caption=title, width="stretch")
@@ -218,7 +217,7 @@ def _boxed(view, thumb, det):
     """The photo at `thumb`'s size with `det`'s box (kept: the panels show it in every full run)."""
     return compute.picture(
         ("decoder boxed", view.key, det.query, thumb.size),
-        lambda: draw_boxes(thumb, [compute.scale_detection(det, thumb.width / view.geometry.orig_w)]),
+        lambda: draw_boxes(thumb, [det], scale=thumb.width / view.geometry.orig_w),
     )
 
 
@@ -281,7 +280,8 @@ def _all_relevance(view, detections, thumb, thumb_geometry, stem: str) -> None:
                     ("relevance overlay", view.key, det.query, thumb.size),
                     lambda det=det, amap=amap: draw_boxes(
                         compute.overlay_image(thumb, amap, thumb_geometry),
-                        [compute.scale_detection(det, thumb.width / view.geometry.orig_w)],
+                        [det],
+                        scale=thumb.width / view.geometry.orig_w,
                     ),
                 )
                 caption = f"relevance · query {det.query} · {det.class_name}"

@@ -883,25 +883,99 @@ def test_the_four_point_figure_defaults_to_the_notebooks_direction_and_says_so(s
     assert not any("sattn[..., y, x]" in c for c in texts(at.caption))
 
 
-def test_detection_boxes_hover_anywhere_inside_and_keep_their_colour_whatever_the_filter(shapes_model, scene):
-    """Item 9: each box is a filled shape whose hover (class, score, box) works inside it; its colour is
-    its query's, the same with or without the other detections."""
+def _bar_regions(fig) -> list[tuple[float, float, float, float, int, str, str]]:
+    """The hover rectangles of a detections figure: x0, y0, x1, y1, query, hover text, hover colour."""
+    (bars,) = [t for t in fig.data if t.type == "bar"]
+    return [
+        (x - w / 2, base, x + w / 2, base + h, q, text, color)
+        for x, w, base, h, q, text, color in zip(
+            bars.x,
+            bars.width,
+            bars.base,
+            bars.y,
+            bars.customdata,
+            bars.hovertext,
+            bars.hoverlabel.bgcolor,
+            strict=True,
+        )
+    ]
+
+
+def test_detection_boxes_keep_their_colour_and_hover_anywhere_inside_names_the_innermost():
+    """Item 9: each box is drawn in its query's colour with its "class: score" label, whatever else is shown;
+    hovering anywhere inside a box names it (class, score, query, in its colour), and where boxes overlap,
+    the innermost (smallest) one; outside every box, nothing."""
+    from PIL import Image
+
+    from detr_core.io.image import Geometry
+    from detr_core.io.postprocess import Detection
     from ui import figures
 
-    data = caches.scene_png(scene)
-    dets = expected_detections(shapes_model, scene, SHAPES.default_threshold)
-    g = scene_geometry(scene)
-    image = load_image(data)
+    photo = Image.new("RGB", (400, 300), (120, 130, 140))
+    g = Geometry(orig_h=600, orig_w=800, input_h=600, input_w=800, feat_h=19, feat_w=25, stride=32)
+    dets = [  # original pixels (the photo is shown at half size)
+        Detection(query=1, class_id=1, class_name="outer", score=0.91, box=(40.0, 40.0, 400.0, 400.0)),
+        Detection(query=2, class_id=2, class_name="inner", score=0.52, box=(150.0, 150.0, 250.0, 250.0)),
+        Detection(query=9, class_id=3, class_name="overlap", score=0.77, box=(300.0, 300.0, 700.0, 560.0)),
+        Detection(query=7, class_id=3, class_name="overlap", score=0.33, box=(600.0, 20.0, 780.0, 120.0)),
+    ]
 
-    def boxes(fig):
-        return {t.name: t for t in fig.data if t.fill == "toself"}
+    def drawn(fig):
+        """(box, colour) of every box path in the figure's line traces, and the labels' (text, colour)."""
+        out = []
+        for t in fig.data:
+            if t.type == "scatter" and t.mode == "lines":
+                assert t.fill == "toself" and t.hoverinfo == "skip"
+                xs, ys = list(t.x), list(t.y)
+                for k in range(0, len(xs), 6):  # x0 x1 x1 x0 x0 gap
+                    assert xs[k + 5] is None and ys[k + 5] is None
+                    out.append(((xs[k], ys[k], xs[k + 1], ys[k + 2]), t.line.color))
+        return sorted(out), sorted((a.text, a.bgcolor) for a in fig.layout.annotations)
 
-    full = boxes(figures.detections_figure(image, g, dets))
-    for det in dets:
-        trace = full[f"{det.class_name} (query {det.query})"]
-        assert trace.hoveron == "fills" and det.class_name in trace.text and f"{det.score:.3f}" in trace.text
-        alone = boxes(figures.detections_figure(image, g, [det]))[trace.name]
-        assert alone.line.color == trace.line.color == figures.rgb(det.query)
+    def label(det):
+        return f"{det.class_name}: {det.score:.2f}", figures.rgb(det.query)
+
+    fig = figures.detections_figure(photo, g, dets)
+    assert drawn(fig) == (sorted((d.box, figures.rgb(d.query)) for d in dets), sorted(label(d) for d in dets))
+    assert len([t for t in fig.data if t.type == "scatter"]) == 3  # queries 1 and 7 share the notebook's colour
+    for det in dets:  # alone: the same box, label and colour
+        assert drawn(figures.detections_figure(photo, g, [det])) == ([(det.box, figures.rgb(det.query))], [label(det)])
+
+    regions = _bar_regions(fig)
+
+    def hovered(x, y):
+        return [r for r in regions if r[0] < x < r[2] and r[1] < y < r[3]]
+
+    by_query = {d.query: d for d in dets}
+    points = [((60, 60), 1), ((200, 200), 2), ((350, 270), 1), ((350, 350), 9), ((690, 550), 9), ((700, 100), 7)]
+    for (x, y), want in points:
+        ((*_, q, text, color),) = hovered(x, y)
+        det = by_query[q]
+        assert q == want and det.class_name in text and f"score {det.score:.3f}" in text and f"query {q}" in text
+        assert color == figures.rgb(q)
+    assert not hovered(20, 20) and not hovered(750, 590) and not hovered(500, 200)
+
+
+def test_innermost_regions_cover_each_point_once_with_the_smallest_box_containing_it():
+    """Random boxes, some sharing edges, some of no width or height: every point inside a box lies in exactly
+    one region, owned by the smallest box containing it (the first of equal ones); a point in no box, in none."""
+    from ui.figures import innermost_regions
+
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 2, 3, 8, 40):
+        x0, y0 = rng.choice([rng.uniform(0, 900), 100.0], n), rng.choice([rng.uniform(0, 700), 50.0], n)
+        boxes = [
+            (float(a), float(b), float(a + w), float(b + h))
+            for a, b, w, h in zip(x0, y0, rng.choice([0.0, 30.0, 250.0], n), rng.choice([0.0, 40.0, 300.0], n))
+        ]
+        regions = innermost_regions(boxes)
+        for x, y in rng.uniform((0, 0), (1300, 1100), (400, 2)):
+            inside = [k for k, (a, b, c, d) in enumerate(boxes) if a < x < c and b < y < d]
+            area = [(c - a) * (d - b) for a, b, c, d in boxes]
+            want = [min(inside, key=lambda k: (area[k], k))] if inside else []
+            got = [k for a, b, c, d, k in regions if a < x < c and b < y < d]
+            assert got == want, (n, x, y)
+        assert len(regions) <= (2 * n) ** 2
 
 
 def test_photo_figures_follow_the_images_aspect_ratio():

@@ -155,3 +155,18 @@ def test_grid_lays_the_tiles_out_in_rows_with_their_captions_under_them():
     with pytest.raises(ValueError, match="no tiles"):
         render.grid([], 3)
     assert render.grid(tiles, 2).size == render.grid(tiles, [2, 2, 1]).size
+
+
+def test_boxes_drawn_on_a_display_copy_land_where_the_box_is_shown():
+    """`draw_boxes(..., scale=0.5)`: a box in original pixels is drawn at half its coordinates (on a display
+    copy at half size), in its query's colour, `width` px lines; nothing outside the box and its label."""
+    from detr_core.io.postprocess import Detection
+
+    det = Detection(query=4, class_id=1, class_name="cat", score=0.5, box=(100.0, 200.0, 300.0, 360.0))
+    plain = Image.new("RGB", (200, 200), (128, 128, 128))
+    drawn = np.asarray(render.draw_boxes(plain, [det], width=2, scale=0.5)).astype(int)
+    for x, y in [(50, 140), (51, 140), (150, 140), (100, 101), (100, 180)]:  # shown at (50, 100) - (150, 180)
+        assert tuple(drawn[y, x]) == render.color_of(det.query), (x, y)
+    assert tuple(drawn[140, 100]) == tuple(drawn[140, 52]) == (128, 128, 128)  # inside the box
+    rows, cols = np.nonzero(np.abs(drawn - 128).sum(axis=2))
+    assert (cols.min(), cols.max(), rows.max()) == (50, 150, 180) and 70 < rows.min() < 100  # the label above

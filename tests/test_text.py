@@ -71,12 +71,13 @@ PLOTLY_HOSTILE = '<a href="http://127.0.0.1:9/x">cat</a> <b>&amp;</b><br><span s
 
 
 def _plotly_strings(fig) -> list[str]:
-    """Every label Plotly renders as its HTML subset: hover texts, trace names, annotations, tick labels."""
+    """Every label Plotly renders as its HTML subset: (hover) texts, trace names, annotations, tick labels."""
     out = [a.text for a in fig.layout.annotations]
     for trace in fig.data:
         out.append(trace.name or "")
-        text = getattr(trace, "text", None)
-        out.extend([text] if isinstance(text, str) else list(text or ()))
+        for attr in ("text", "hovertext"):
+            text = getattr(trace, attr, None)
+            out.extend([text] if isinstance(text, str) else list(text or ()))
         out.extend(str(x) for x in (getattr(trace, "x", None) or ()) if isinstance(x, str))
     return [s for s in out if s]
 

@@ -11,7 +11,7 @@ import inspect
 import io
 import json
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import streamlit as st
@@ -226,11 +226,6 @@ def png_bytes(image: Image.Image) -> bytes:
 
 def annotated_png(image: Image.Image, detections: list[Detection]) -> bytes:
     return png_bytes(render.draw_boxes(image, detections))
-
-
-def scale_detection(det: Detection, factor: float) -> Detection:
-    """The detection with its box in the pixels of a photo shown `factor` times the original size."""
-    return replace(det, box=tuple(v * factor for v in det.box))
 
 
 def detection_rows(detections: list[Detection]) -> list[dict]:

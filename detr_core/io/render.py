@@ -170,15 +170,19 @@ def color_of(index: int) -> tuple[int, int, int]:
     return round(r * 255), round(g * 255), round(b * 255)
 
 
-def draw_boxes(image: Image.Image, detections: list[Detection], width: int | None = None) -> Image.Image:
-    """A copy of the photo with each detection's box and "class: score" label, in its query's colour."""
+def draw_boxes(
+    image: Image.Image, detections: list[Detection], width: int | None = None, scale: float = 1.0
+) -> Image.Image:
+    """A copy of the photo with each detection's box and "class: score" label, in its query's colour.
+    `scale`: this photo's size over that of the one the boxes are in (for a display copy: its width over the
+    original's); `width`: of the box lines, px (by default in proportion to the photo)."""
     out = image.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
     width = width or max(2, round(min(out.size) / 200))
     font = ImageFont.load_default(size=max(11, round(min(out.size) / 35)))
     for det in detections:
         color = color_of(det.query)
-        x0, y0, x1, y1 = det.box
+        x0, y0, x1, y1 = (v * scale for v in det.box)
         draw.rectangle((x0, y0, x1, y1), outline=color, width=width)
         label = f"{det.class_name}: {det.score:.2f}"
         tx0, ty0, tx1, ty1 = draw.textbbox((x0, y0), label, font=font)
