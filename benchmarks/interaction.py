@@ -21,7 +21,8 @@ run, with every image of the main area loaded, every chart drawn and no element 
 (polled every animation frame). Until 3 December 2026 a placeholder was not waited for, so a page
 switch could count as shown before its photo and maps were drawn; and text of the page being left
 counted (Streamlit keeps it, greyed as stale, until the new run replaces it): the Decoder page's
-"... more detections" made some switches to Detect count as shown after 40-50 ms.
+"... more detections" made some switches to Detect count as shown after 40-90 ms (now a caption
+counts in elements that are not stale, and Detect's is its own "... detections at threshold").
 What comes before the input event is not timed: opening a selectbox and typing to filter its list
 (nothing reaches the server until the option is clicked), and Playwright's own work before it dispatches
 an event (its checks that the target is visible and stable, its round trips to the browser; timing in
@@ -339,7 +340,7 @@ class Session:
         wants = {
             "Encoder attention": "Selected cell:",
             "Decoder attention": "Selected detection:",
-            "Detect": "detections",
+            "Detect": "detections at threshold",  # "detections" alone is on the Decoder page too
         }
 
         def one() -> float:

@@ -189,7 +189,10 @@ def _explore_body() -> None:
             theme=None,
             config={"displayModeBar": False},
         )
-        st.caption("Click a box's centre marker, or pick from the list: the view beside shows the picked detection.")
+        st.caption(
+            "Click a box (where boxes overlap: the smallest there) or its centre marker, or pick from the list: "
+            "the view beside shows the picked detection."
+        )
 
 
 def _panels(view, shown, thumb, thumb_geometry, last: str, per_row: int):
@@ -222,7 +225,7 @@ def _boxed(view, thumb, det):
 
 
 def _pick_figure(view, detections, height: int):
-    """The photo with the detections' boxes and their clickable centres, kept per session while view,
+    """The photo with the detections' boxes, clickable inside and at their centres, kept per session while view,
     detections and size are the same (`state.kept`; building it took 170 ms for five boxes over a 900 px
     photo) and the same whatever is picked: Streamlit takes a changed figure for a new chart, which the
     browser builds from scratch (outlining the picked box cost 600-700 ms of every R50 pick). The view

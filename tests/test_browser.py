@@ -631,3 +631,32 @@ def test_a_tap_on_a_boxs_centre_marker_picks_that_detection(browser, server, sha
             wait_idle(page)
     finally:
         context.close()
+
+
+def test_a_click_anywhere_inside_a_box_on_the_decoder_picks_the_innermost_detection_there(
+    page, server, shapes_model, scene
+):
+    """The picker's boxes are click targets (not only their centre markers): a click inside a box, away from
+    every marker, picks the smallest box containing the point."""
+    data = scene_bytes(scene)
+    g = geometry_of(data)
+    detections = expected_detections(shapes_model, data, default_threshold())
+    open_app(page, server, f"/decoder?scene={scene}")
+    expect(page.get_by_text(f"Selected detection: query {detections[0].query}")).to_be_visible()
+    settle(page)
+
+    def innermost(x, y):
+        inside = [d for d in detections if d.box[0] < x < d.box[2] and d.box[1] < y < d.box[3]]
+        return min(inside, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]), default=None)
+
+    for target in (detections[-1], detections[0]):
+        x0, y0, x1, y1 = target.box
+        x, y = x0 + 0.2 * (x1 - x0), y0 + 0.75 * (y1 - y0)  # off centre, where the centre marker is not
+        want = innermost(x, y)
+        box = photo_box(page)
+        sx, sy = image_to_screen(box, x, y, g.orig_w, g.orig_h)
+        page.mouse.move(sx - 4, sy - 4)
+        page.mouse.move(sx, sy, steps=4)
+        page.mouse.click(sx, sy)
+        expect(page.get_by_text(f"Selected detection: query {want.query} · {want.class_name}")).to_be_visible()
+        wait_idle(page)
