@@ -432,7 +432,9 @@ def photo_1066x800(workdir: Path) -> Path:
 
 def reference(model_name: str, checkpoint: Path | None, data: bytes):
     """The core's analysis of the image (what the page must show) and the threshold: the model's
-    default, or for random weights one that admits the five best queries."""
+    default, or for random weights the fifth-best score rounded down to the slider's 0.01. Random
+    weights score every query alike (about 0.03), so that admits all 100 queries, whose boxes are
+    nearly the same: the heaviest Detect and Decoder pages a person can ask for (threshold 0)."""
     from detr_core import load_model, load_own_model
     from detr_core.analysis.pipeline import analyze
     from detr_core.models.zoo import MODELS
