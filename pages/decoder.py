@@ -4,7 +4,7 @@ in the official notebook, and a large view of one detection with raw attention o
 import streamlit as st
 
 from detr_core.analysis import stats
-from detr_core.io.render import draw_boxes, grid
+from detr_core.io.render import box_label, draw_boxes, grid
 from ui import caches, compute, downloads, figures, frame, sidebar, state, touch, view, viewport
 
 PLOT_KEY = "plot_decoder"
@@ -208,7 +208,7 @@ def _panels(view, shown, thumb, thumb_geometry, last: str, per_row: int):
             ),
         )
         maps.append((heat, f"query id: {det.query} · {det.class_name}"))
-        boxes.append((_boxed(view, thumb, det), f"{det.class_name}: {det.score:.2f}"))
+        boxes.append((_boxed(view, thumb, det), box_label(det)))
     tiles, rows = [], []
     for start in range(0, len(shown), per_row):
         tiles += maps[start : start + per_row] + boxes[start : start + per_row]

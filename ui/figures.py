@@ -28,7 +28,7 @@ from PIL import Image
 from detr_core.analysis.stats import DetectionStats
 from detr_core.io.image import Geometry
 from detr_core.io.postprocess import Detection
-from detr_core.io.render import color_of
+from detr_core.io.render import box_label, color_of
 
 from .text import plotly_text
 
@@ -205,17 +205,17 @@ def detections_figure(
     ])  # fmt: skip
     fig.update_layout(annotations=[
         dict(
-            x=d.box[0], y=d.box[1], text=f"{plotly_text(d.class_name)}: {d.score:.2f}", showarrow=False,
+            x=d.box[0], y=d.box[1], text=plotly_text(box_label(d)), showarrow=False,
             xanchor="left", yanchor="bottom", font=dict(color="white", size=LABEL_PX), bgcolor=rgb(d.query),
         )
         for d in detections
     ])  # fmt: skip
     texts = [_hover_text(d) + ("<br><i>click to inspect</i>" if clickable else "") for d in detections]
     regions = innermost_regions([d.box for d in detections])
+    x0, y0, x1, y1 = (np.array([r[i] for r in regions]) for i in range(4))  # [regions] each
     owners = [detections[k] for *_, k in regions]
     fig.add_trace(go.Bar(
-        x=[(x0 + x1) / 2 for x0, _, x1, _, _ in regions], width=[x1 - x0 for x0, _, x1, _, _ in regions],
-        base=[y0 for _, y0, _, _, _ in regions], y=[y1 - y0 for _, y0, _, y1, _ in regions],
+        x=((x0 + x1) / 2).tolist(), width=(x1 - x0).tolist(), base=y0.tolist(), y=(y1 - y0).tolist(),
         customdata=[d.query for d in owners], hovertext=[texts[k] for *_, k in regions],
         hovertemplate="%{hovertext}<extra></extra>", name="boxes",
         marker=dict(color="rgba(0,0,0,0)", line=dict(width=0)), hoverlabel=dict(bgcolor=[rgb(d.query) for d in owners]),

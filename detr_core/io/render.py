@@ -18,6 +18,7 @@ __all__ = [
     "CAPTION_PX",
     "PAD",
     "VIRIDIS",
+    "box_label",
     "color_of",
     "colormap",
     "draw_boxes",
@@ -170,6 +171,11 @@ def color_of(index: int) -> tuple[int, int, int]:
     return round(r * 255), round(g * 255), round(b * 255)
 
 
+def box_label(det: Detection) -> str:
+    """A detection's label on a picture: "class: score"."""
+    return f"{det.class_name}: {det.score:.2f}"
+
+
 def draw_boxes(
     image: Image.Image, detections: list[Detection], width: int | None = None, scale: float = 1.0
 ) -> Image.Image:
@@ -184,7 +190,7 @@ def draw_boxes(
         color = color_of(det.query)
         x0, y0, x1, y1 = (v * scale for v in det.box)
         draw.rectangle((x0, y0, x1, y1), outline=color, width=width)
-        label = f"{det.class_name}: {det.score:.2f}"
+        label = box_label(det)
         tx0, ty0, tx1, ty1 = draw.textbbox((x0, y0), label, font=font)
         ty = y0 - (ty1 - ty0) - 4 if y0 - (ty1 - ty0) - 4 >= 0 else y0
         draw.rectangle((x0, ty, x0 + (tx1 - tx0) + 6, ty + (ty1 - ty0) + 4), fill=color)
