@@ -938,6 +938,8 @@ def test_detection_boxes_keep_their_colour_and_hover_anywhere_inside_names_the_i
     fig = figures.detections_figure(photo, g, dets)
     assert drawn(fig) == (sorted((d.box, figures.rgb(d.query)) for d in dets), sorted(label(d) for d in dets))
     assert len([t for t in fig.data if t.type == "scatter"]) == 3  # queries 1 and 7 share the notebook's colour
+    # where labels overlap, the best detection's is drawn last (on top)
+    assert [a.text for a in fig.layout.annotations] == [label(d)[0] for d in sorted(dets, key=lambda d: d.score)]
     for det in dets:  # alone: the same box, label and colour
         assert drawn(figures.detections_figure(photo, g, [det])) == ([(det.box, figures.rgb(det.query))], [label(det)])
 

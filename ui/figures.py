@@ -208,7 +208,7 @@ def detections_figure(
             x=d.box[0], y=d.box[1], text=plotly_text(box_label(d)), showarrow=False,
             xanchor="left", yanchor="bottom", font=dict(color="white", size=LABEL_PX), bgcolor=rgb(d.query),
         )
-        for d in detections
+        for d in sorted(detections, key=lambda d: d.score)  # the best drawn last: on top where labels overlap
     ])  # fmt: skip
     texts = [_hover_text(d) + ("<br><i>click to inspect</i>" if clickable else "") for d in detections]
     regions = innermost_regions([d.box for d in detections])
