@@ -42,7 +42,7 @@ def photo_figure():
 def explore() -> None:
     direction = st.radio("Direction", DIRECTIONS, horizontal=True)
     layer = st.segmented_control("Encoder layer", ["1", "2", "3", "4", "5", "6", "mean"], default="6", required=True)
-    head = st.selectbox("Head", [str(h) for h in range(1, 9)] + ["mean"], index=8)
+    head = st.segmented_control("Head", ["mean"] + [str(h) for h in range(1, 9)], default="mean", required=True)
     event = st.plotly_chart(
         photo_figure(), key="floor_plot", on_select="rerun", selection_mode="points", theme=None,
         config={"displayModeBar": False},

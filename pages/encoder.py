@@ -137,9 +137,8 @@ def _explore_body() -> None:
     facts = compute.encoder_facts(analysis)
     main = viewport.known_width()
 
-    c1, c3 = st.columns([1.6, 1])
     state.keep_valid("p_enc_direction", list(DIRECTIONS), "looks")
-    direction = c1.radio(
+    direction = st.radio(
         "Direction", list(DIRECTIONS), format_func=DIRECTIONS.get, key="p_enc_direction", horizontal=True
     )
     layers = compute.layer_options(analysis.enc_layers, ("mean", "rollout"))
@@ -155,13 +154,19 @@ def _explore_body() -> None:
     layer = layer or str(analysis.enc_layers)
     heads = compute.head_options(analysis.nheads, grid=True)
     state.keep_valid("p_enc_head", heads, "mean")
-    head = c3.selectbox(
+    ss.setdefault("p_enc_head", "mean")
+    # Buttons, as the layer's, not a selectbox: a head is one click, and the list a selectbox opens and
+    # closes cost every head change 40-50 ms of browser work before the rerun was even asked for (A/B in
+    # README, "Interaction latency").
+    head = st.segmented_control(
         "Head",
         heads,
         key="p_enc_head",
+        required=True,
         disabled=layer == "rollout",
         help="One head, the mean over heads, or every head at once.",
     )
+    head = head or "mean"
     if layer == "rollout":
         head = "mean"
         refusal = caches.work_refusal("rollout", analysis, view.min_size, view.max_size)

@@ -189,9 +189,11 @@ def test_encoder_controls_cover_layers_rollout_and_every_head(scene):
     assert at.segmented_control(key="p_enc_layer").options == ["1", "2", "3", "mean", "rollout"]
     at.segmented_control(key="p_enc_layer").set_value("rollout").run()
     no_problems(at)
-    assert at.selectbox(key="p_enc_head").disabled
+    assert at.segmented_control(key="p_enc_head").disabled
     at.segmented_control(key="p_enc_layer").set_value("2").run()
-    at.selectbox(key="p_enc_head").set_value("all heads (grid)").run()
+    head = at.segmented_control(key="p_enc_head")
+    assert head.options == ["mean", *(str(i) for i in range(1, 9)), "all heads (grid)"] and not head.disabled
+    head.set_value("all heads (grid)").run()
     no_problems(at)
     assert any(s.startswith("Every head of layer 2") for s in texts(at.subheader))
     heads = [c for img in at.image for c in img.captions if c.startswith("head ")]

@@ -18,12 +18,13 @@ def test_the_floor_app_has_what_the_benchmark_drives():
     at = AppTest.from_file(str(REPO / "benchmarks" / "floor_app.py"), default_timeout=60).run()
     assert not at.exception
     assert [r.label for r in at.radio] == ["Direction"]
-    assert [s.label for s in at.selectbox] == ["Head", "Detection"]
+    assert [s.label for s in at.selectbox] == ["Detection"]
+    assert [s.label for s in at.segmented_control] == ["Encoder layer", "Head"]
     text = " ".join(m.value for m in at.markdown)
     assert "Selected cell: **(12, 17)** · where this location looks · layer 6 · head mean" in text
     assert "Selected detection: query 7 " in text
-    at.selectbox[0].select("3").run()
-    at.selectbox[1].select("query 42: class 0").run()
+    at.segmented_control[1].set_value("3").run()
+    at.selectbox[0].select("query 42: class 0").run()
     text = " ".join(m.value for m in at.markdown)
     assert "· head 3" in text and "Selected detection: query 42 " in text
 
